@@ -1,0 +1,230 @@
+"""The Stripe simulator, driven through werkzeug's test client (no sockets)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from werkzeug.test import Client, TestResponse
+
+from local.stripe_sim import StripeSimulator, fault_from_env, make_app
+
+AUTH = {"Authorization": "Bearer sk_test_123"}
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> StripeSimulator:
+    monkeypatch.delenv("STRIPE_SIM_FAULT", raising=False)
+    return make_app(api_key="rk_custom_key")
+
+
+@pytest.fixture
+def client(sim: StripeSimulator) -> Client:
+    return Client(sim)
+
+
+def charge(
+    client: Client, pm: str = "pm_card_visa", key: str | None = None, **extra: str
+) -> TestResponse:
+    form = {
+        "amount": "1000",
+        "currency": "usd",
+        "payment_method": pm,
+        "confirm": "true",
+        "payment_method_types[]": "card",
+        "metadata[payment_no]": "pay_1",
+        **extra,
+    }
+    headers = dict(AUTH)
+    if key:
+        headers["Idempotency-Key"] = key
+    return client.post("/v1/payment_intents", data=form, headers=headers)
+
+
+def refund(client: Client, pi: str, amount: int | None = None, key: str | None = None) -> Any:
+    form = {"payment_intent": pi}
+    if amount is not None:
+        form["amount"] = str(amount)
+    headers = dict(AUTH, **({"Idempotency-Key": key} if key else {}))
+    return client.post("/v1/refunds", data=form, headers=headers)
+
+
+@pytest.mark.parametrize("pm", ["pm_card_visa", "pm_card_mastercard"])
+def test_charge_succeeds(client: Client, pm: str) -> None:
+    resp = charge(client, pm)
+    assert resp.status_code == 200
+    body = resp.json
+    assert body["id"].startswith("pi_")
+    assert body["latest_charge"].startswith("ch_")
+    assert body["status"] == "succeeded"
+    assert (body["amount"], body["amount_received"], body["currency"]) == (1000, 1000, "usd")
+    assert body["metadata"] == {"payment_no": "pay_1"}
+    got = client.get(f"/v1/payment_intents/{body['id']}", headers=AUTH)
+    assert got.status_code == 200 and got.json["id"] == body["id"]
+
+
+@pytest.mark.parametrize(
+    ("pm", "decline_code"),
+    [
+        ("pm_card_chargeDeclined", "generic_decline"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+    ],
+)
+def test_declines_are_402_card_errors(client: Client, pm: str, decline_code: str) -> None:
+    resp = charge(client, pm)
+    assert resp.status_code == 402
+    err = resp.json["error"]
+    assert err["type"] == "card_error"
+    assert err["code"] == "card_declined"
+    assert err["decline_code"] == decline_code
+    assert err["payment_intent"]["status"] == "requires_payment_method"
+
+
+def test_unknown_payment_method_and_bad_params_are_400(client: Client) -> None:
+    assert charge(client, "pm_card_bogus").json["error"]["code"] == "resource_missing"
+    for bad in ("0", "-5", "10.5", "abc"):
+        resp = charge(client, amount=bad)
+        assert resp.status_code == 400 and resp.json["error"]["param"] == "amount"
+    resp = client.post("/v1/payment_intents", data={"amount": "5"}, headers=AUTH)
+    assert resp.status_code == 400 and resp.json["error"]["param"] == "currency"
+
+
+def test_idempotent_replay_returns_stored_response(client: Client, sim: StripeSimulator) -> None:
+    first = charge(client, key="k1")
+    second = charge(client, key="k1")
+    assert second.status_code == 200
+    assert second.json["id"] == first.json["id"]
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert len(sim.payment_intents()) == 1
+    # Declines are stored too: a retried decline is not a second attempt.
+    d1 = charge(client, "pm_card_chargeDeclined", key="k2")
+    d2 = charge(client, "pm_card_chargeDeclined", key="k2")
+    assert d2.status_code == 402 and d2.headers["Idempotent-Replayed"] == "true"
+    assert d1.json == d2.json
+    assert len(sim.payment_intents()) == 2
+
+
+def test_key_reuse_with_other_params_is_rejected(client: Client, sim: StripeSimulator) -> None:
+    charge(client, key="k1")
+    resp = charge(client, key="k1", amount="2000")
+    assert resp.status_code == 400
+    assert resp.json["error"]["type"] == "idempotency_error"
+    assert len(sim.payment_intents()) == 1
+
+
+def test_refunds_partial_then_over_refund(client: Client, sim: StripeSimulator) -> None:
+    pi = charge(client).json["id"]
+    r1 = refund(client, pi, 300)
+    assert r1.status_code == 200
+    assert r1.json["status"] == "succeeded" and r1.json["amount"] == 300
+    over = refund(client, pi, 800)
+    assert over.status_code == 400 and over.json["error"]["code"] == "amount_too_large"
+    rest = refund(client, pi)  # default: the remaining amount
+    assert rest.json["amount"] == 700
+    again = refund(client, pi, 1)
+    assert again.json["error"]["code"] == "charge_already_refunded"
+    [listed] = sim.payment_intents()
+    assert [r["amount"] for r in listed["refunds"]] == [300, 700]
+
+
+def test_refund_idempotency_and_unknown_intent(client: Client, sim: StripeSimulator) -> None:
+    pi = charge(client).json["id"]
+    a = refund(client, pi, 100, key="r1")
+    b = refund(client, pi, 100, key="r1")
+    assert a.json["id"] == b.json["id"] and b.headers["Idempotent-Replayed"] == "true"
+    assert len(sim.payment_intents()[0]["refunds"]) == 1
+    assert refund(client, "pi_missing").json["error"]["code"] == "resource_missing"
+    declined = charge(client, "pm_card_chargeDeclined").json["error"]["payment_intent"]["id"]
+    assert refund(client, declined).status_code == 400
+
+
+def test_refund_fail_card_charges_but_refunds_fail(client: Client, sim: StripeSimulator) -> None:
+    resp = charge(client, "pm_card_refundFail")
+    assert resp.status_code == 200 and resp.json["status"] == "succeeded"
+    r = refund(client, resp.json["id"], 500)
+    assert r.status_code == 200
+    assert r.json["object"] == "refund"
+    assert r.json["status"] == "failed" and r.json["failure_reason"] == "declined"
+    # A failed refund doesn't consume the refundable amount.
+    assert refund(client, resp.json["id"], 1000).json["status"] == "failed"
+
+
+def test_auth_required(client: Client) -> None:
+    form = {"amount": "100", "currency": "usd", "payment_method": "pm_card_visa"}
+    none = client.post("/v1/payment_intents", data=form)
+    assert none.status_code == 401 and none.json["error"]["type"] == "invalid_request_error"
+    bad = client.post("/v1/payment_intents", data=form, headers={"Authorization": "Bearer sk_x"})
+    assert bad.status_code == 401
+    ok = client.post(
+        "/v1/payment_intents", data=form, headers={"Authorization": "Bearer rk_custom_key"}
+    )
+    assert ok.status_code == 200
+    assert client.get("/v1/payment_intents/pi_x").status_code == 401
+
+
+def test_fault_error_with_count_reverts(client: Client) -> None:
+    set_resp = client.post("/_sim/fault", json={"mode": "error", "count": 2})
+    assert set_resp.status_code == 200
+    for _ in range(2):
+        resp = charge(client)
+        assert resp.status_code == 500 and resp.json["error"]["type"] == "api_error"
+    assert client.get("/_sim/fault").json["mode"] == "none"
+    assert charge(client).status_code == 200
+
+
+def test_fault_error_without_count_persists_until_cleared(client: Client) -> None:
+    client.post("/_sim/fault", json={"mode": "error"})
+    assert [charge(client).status_code for _ in range(3)] == [500, 500, 500]
+    client.post("/_sim/fault", json={"mode": "none"})
+    assert charge(client).status_code == 200
+
+
+def test_fault_error_does_not_store_idempotent_result(client: Client, sim: StripeSimulator) -> None:
+    client.post("/_sim/fault", json={"mode": "error", "count": 1})
+    assert charge(client, key="k").status_code == 500
+    retry = charge(client, key="k")
+    assert retry.status_code == 200 and "Idempotent-Replayed" not in retry.headers
+    assert len(sim.payment_intents()) == 1
+
+
+def test_fault_hang_delays_then_answers(client: Client) -> None:
+    client.post("/_sim/fault", json={"mode": "hang", "count": 1, "hang_seconds": 0.2})
+    start = time.monotonic()
+    assert charge(client).status_code == 200
+    assert time.monotonic() - start >= 0.2
+    start = time.monotonic()
+    charge(client)
+    assert time.monotonic() - start < 0.2
+
+
+def test_fault_validation_and_env(client: Client) -> None:
+    assert client.post("/_sim/fault", json={"mode": "explode"}).status_code == 400
+    assert client.post("/_sim/fault", json={"mode": "error", "count": 0}).status_code == 400
+    fault = fault_from_env({"STRIPE_SIM_FAULT": "error:3", "STRIPE_SIM_HANG_SECONDS": "1.5"})
+    assert (fault.mode, fault.count, fault.hang_seconds) == ("error", 3, 1.5)
+    assert fault_from_env({}).mode == "none"
+
+
+def test_env_fault_applies_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIPE_SIM_FAULT", "error")
+    assert charge(Client(make_app())).status_code == 500
+
+
+def test_reset_and_listing(client: Client, sim: StripeSimulator) -> None:
+    charge(client, **{"metadata[payment_no]": "pay_a"})
+    charge(client, **{"metadata[payment_no]": "pay_b"})
+    listed = client.get("/_sim/payment_intents").json["data"]
+    assert sorted(i["metadata"]["payment_no"] for i in listed) == ["pay_a", "pay_b"]
+    client.post("/_sim/fault", json={"mode": "error"})
+    assert client.post("/_sim/reset").status_code == 200
+    assert client.get("/_sim/payment_intents").json["data"] == []
+    assert client.get("/_sim/fault").json["mode"] == "none"
+
+
+def test_unknown_routes(client: Client) -> None:
+    assert client.post("/v1/customers", headers=AUTH).status_code == 404
+    assert client.get("/v1/refunds", headers=AUTH).status_code == 405
+    assert client.get("/v1/payment_intents/pi_nope", headers=AUTH).status_code == 404
+    assert client.get("/_sim/nope").status_code == 404
