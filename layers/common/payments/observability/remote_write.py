@@ -1,0 +1,179 @@
+"""Prometheus remote write 1.0 client: protobuf `WriteRequest`, snappy block, bounded retries.
+
+Series churn trade-off: a Lambda execution environment keeps its counters in memory, so
+every series carries `instance` (a random id per execution environment) and `function`.
+Without them two concurrent environments would write different cumulative values into
+one series and Prometheus would see resets on every interleaving. The cost is many short
+series (one set per environment, a few minutes to hours long). Always aggregate the
+per-environment label away in queries, e.g.
+
+    sum without (instance, function) (rate(payment_gateway_payment_total[5m]))
+    sum by (status) (rate(payment_gateway_http_requests_total[5m]))
+    histogram_quantile(0.95,
+        sum by (le) (rate(payment_gateway_payment_duration_seconds_bucket[5m])))
+
+and, if cardinality matters, drop `instance` with recording rules / retention on the raw data.
+"""
+
+from __future__ import annotations
+
+import decimal
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import cramjam
+import requests
+
+from payments.observability.remote_write_pb import messages
+
+USER_AGENT = "payment-gateway-metrics/1.0"
+HEADERS = {
+    "Content-Encoding": "snappy",
+    "Content-Type": "application/x-protobuf",
+    "X-Prometheus-Remote-Write-Version": "0.1.0",
+    "User-Agent": USER_AGENT,
+}
+_AMP_HOST = re.compile(r"^aps-workspaces\.([a-z0-9-]+)\.amazonaws\.com$")
+_BACKOFF_BASE_S = 0.02
+_BACKOFF_MAX_S = 0.5
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Series:
+    """One time series: labels sorted by name and unique; samples (value, timestamp ms)."""
+
+    labels: Labels
+    samples: tuple[tuple[float, int], ...]
+
+
+@dataclass(frozen=True)
+class Metadata:
+    family: str
+    type: int
+    help: str
+    unit: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    attempts: int
+    detail: str  # status code or exception class; never the URL's userinfo or a header
+
+
+def format_le(bound: float) -> str:
+    """Format a bucket bound like Prometheus' Go clients (strconv 'g', shortest): 0.005, 1e+06."""
+    if math.isinf(bound):
+        return "+Inf" if bound > 0 else "-Inf"
+    d = decimal.Decimal(repr(float(bound))).normalize()
+    if d.is_zero():
+        return "0"
+    sign, digits, _ = d.as_tuple()
+    exp = d.adjusted()
+    prefix = "-" if sign else ""
+    # Go's shortest 'g' switches to an exponent below 1e-4 and from 1e+06 up.
+    if exp < -4 or exp >= 6:
+        mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+        return f"{prefix}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    return format(d, "f")
+
+
+def label_set(*parts: Mapping[str, str]) -> Labels:
+    """Merge label maps (later wins), drop empty values as Prometheus does, sort by name."""
+    merged: dict[str, str] = {}
+    for part in parts:
+        merged.update(part)
+    return tuple(sorted((k, v) for k, v in merged.items() if v != ""))
+
+
+def encode(series: Sequence[Series], metadata: Sequence[Metadata] = ()) -> bytes:
+    """Serialize a WriteRequest and compress it with snappy *block* format (not framed)."""
+    m = messages()
+    req = m.write_request()
+    for s in series:
+        ts = req.timeseries.add()
+        for name, label_value in s.labels:
+            ts.labels.add(name=name, value=label_value)
+        for sample_value, timestamp in s.samples:
+            ts.samples.add(value=sample_value, timestamp=timestamp)
+    for md in metadata:
+        req.metadata.add(type=md.type, metric_family_name=md.family, help=md.help, unit=md.unit)
+    return bytes(cramjam.snappy.compress_raw(req.SerializeToString()))
+
+
+def _sigv4_region(url: str) -> str | None:
+    """Region to sign for, or None when SigV4 is off (explicit flag, else AMP host match)."""
+    flag = os.environ.get("PROMETHEUS_REMOTE_WRITE_SIGV4", "").strip().lower()
+    host_match = _AMP_HOST.match(urlsplit(url).hostname or "")
+    if flag in ("false", "0", "no") or (flag not in ("true", "1", "yes") and not host_match):
+        return None
+    return (
+        os.environ.get("PROMETHEUS_REMOTE_WRITE_REGION")
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or (host_match.group(1) if host_match else "us-east-1")
+    )
+
+
+class Writer:
+    """POSTs encoded WriteRequests. One per process: the Session keeps the connection warm."""
+
+    def __init__(self) -> None:
+        self._session = requests.Session()
+        self._botocore_session: Any = None
+
+    def _sign(self, url: str, body: bytes, region: str) -> dict[str, str]:
+        # botocore is only imported when signing is needed: it is heavy for a cold start.
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.session import Session
+
+        if self._botocore_session is None:
+            self._botocore_session = Session()
+        credentials = self._botocore_session.get_credentials()
+        if credentials is None:
+            raise RuntimeError("no AWS credentials for SigV4")
+        aws_req = AWSRequest(method="POST", url=url, data=body, headers=dict(HEADERS))
+        SigV4Auth(credentials.get_frozen_credentials(), "aps", region).add_auth(aws_req)
+        return dict(aws_req.headers.items())
+
+    def send(self, url: str, body: bytes, deadline: float) -> Outcome:
+        """POST with retries on 5xx/429/connection errors until `deadline` (time.monotonic)."""
+        region = _sigv4_region(url)
+        attempts, detail = 0, "deadline"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Outcome(False, attempts, detail)
+            attempts += 1
+            retryable = True
+            try:
+                headers = self._sign(url, body, region) if region else dict(HEADERS)
+                resp = self._session.post(
+                    url, data=body, headers=headers, timeout=(remaining, remaining)
+                )
+                resp.close()
+                if 200 <= resp.status_code < 300:
+                    return Outcome(True, attempts, str(resp.status_code))
+                detail = str(resp.status_code)
+                retryable = resp.status_code >= 500 or resp.status_code == 429
+            except requests.RequestException as exc:
+                detail = type(exc).__name__
+            except Exception as exc:  # signing / encoding bugs must not escape either
+                return Outcome(False, attempts, type(exc).__name__)
+            if not retryable:
+                return Outcome(False, attempts, detail)
+            # Full-jitter exponential backoff, but only if a retry still fits in the budget.
+            backoff = random.uniform(0, min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2**attempts))  # noqa: S311
+            if time.monotonic() + backoff >= deadline:
+                return Outcome(False, attempts, detail)
+            time.sleep(backoff)
