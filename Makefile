@@ -1,0 +1,56 @@
+# The two commands that matter: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The Lambda runtime is python3.12: the venv, the tests and `sam build` all use it.
+PY312 := $(shell for p in "$$(command -v pyenv >/dev/null 2>&1 && ls -d $$(pyenv root)/versions/3.12.*/bin/python3.12 2>/dev/null | tail -1)" "$$(command -v python3.12)"; do [ -x "$$p" ] && "$$p" -c 'import sys' 2>/dev/null && echo "$$p" && break; done)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help venv run test test-unit lint build invoke bench load observe clean
+
+help:
+	@echo "make run     set up and run the platform locally on http://127.0.0.1:$${PAYMENTS_PORT:-3000}"
+	@echo "make test    set up and run every test (lint, types, unit, integration, end-to-end)"
+	@echo "make invoke FN=<function> EVENT=events/<file>   run one function on one event"
+	@echo "make build   sam build (needs python3.12)"
+	@echo "make bench   benchmarks;  make load  load test against the local stack"
+
+$(STAMP): requirements-dev.txt layers/common/requirements.txt
+	@test -n "$(PY312)" || { echo "python3.12 not found (pyenv install 3.12 or apt-get install python3.12)"; exit 1; }
+	@test -x $(PY) || $(PY312) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m local.stack
+
+invoke: $(STAMP)
+	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<function> EVENT=events/<file>"; exit 2; }
+	$(PY) -m local.invoke $(FN) $(EVENT)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest
+
+build: $(STAMP)
+	PATH=$(dir $(PY312)):$$PATH $(VENV)/bin/sam build --parallel
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+load: $(STAMP)
+	$(PY) -m bench.load
+
+clean:
+	rm -rf $(VENV) .aws-sam .local .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

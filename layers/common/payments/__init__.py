@@ -1,0 +1,1 @@
+"""Shared code of the payment platform's Lambda functions (the common layer)."""

@@ -1,0 +1,44 @@
+"""API adapters: request -> logic call -> response. Shared by the API Lambda handlers."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from payments.auth import Merchant, authenticate
+from payments.config import get_settings
+from payments.errors import InvalidAmount
+from payments.http import ApiRequest
+from payments.models import invalid_request_from
+from payments.observability.logging import logger
+from payments.services import api_keys
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def authenticated(request: ApiRequest) -> Merchant:
+    merchant = authenticate(
+        key_id=request.header("x-api-key"),
+        timestamp=request.header("x-timestamp"),
+        signature=request.header("x-signature"),
+        method=request.method,
+        path=request.path,
+        body=request.body,
+        lookup=api_keys().lookup,
+        tolerance_seconds=get_settings().signature_tolerance_seconds,
+    )
+    logger.append_keys(merchant_id=merchant.merchant_id)
+    return merchant
+
+
+def parse_body(request: ApiRequest, model: type[M]) -> M:
+    """Validate the JSON body; a missing or non-integer amount is invalid_amount."""
+    body: dict[str, Any] = request.json()
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        errors = err.errors(include_input=False, include_url=False)
+        if any(e["loc"][:1] == ("amount",) for e in errors):
+            raise InvalidAmount("amount must be an integer number of minor units.") from None
+        raise invalid_request_from(list(errors)) from None

@@ -1,0 +1,81 @@
+"""The payment gateway's routes (create_payment function)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from payments.api import authenticated, parse_body
+from payments.http import ApiRequest, Router, error_body, respond
+from payments.idempotency import once, validate_key
+from payments.logic import payments as payment_logic
+from payments.logic.recording import payment_attempt
+from payments.models import CreatePaymentRequest, PaymentStatus
+from payments.observability import tracing
+from payments.services import order_store, payment_store, workflow
+
+router = Router()
+
+_SUCCESS_STATUS = {PaymentStatus.SUCCEEDED: 201, PaymentStatus.PENDING_REVIEW: 202}
+_METRIC_STATUS = {
+    PaymentStatus.SUCCEEDED: "success",
+    PaymentStatus.PENDING_REVIEW: "pending_review",
+    PaymentStatus.RISK_REJECTED: "risk_rejected",
+}
+
+
+@router.route("POST", "/api/v1/payments")
+def create_payment(request: ApiRequest) -> dict[str, Any]:
+    with payment_attempt() as attempt:
+        merchant = authenticated(request)
+        key = validate_key(request.header("idempotency-key"))
+        command = parse_body(request, CreatePaymentRequest)
+        attempt.currency, attempt.channel = command.currency, command.channel
+        outcome, replayed = once(
+            lambda: payment_logic.create(
+                merchant,
+                command,
+                payments=payment_store(),
+                workflow=workflow(),
+                trace_context=tracing.inject_context(),
+            ),
+            model=payment_logic.PaymentOutcome,
+            operation="create_payment",
+            merchant_id=merchant.merchant_id,
+            key=key,
+            body=request.body,
+        )
+        payment = outcome.payment
+        attempt.amount_minor = payment.amount
+        attempt.status = (
+            "duplicate" if replayed else _METRIC_STATUS.get(payment.status, "failed")
+        )
+        tracing.annotate_step(payment_no=payment.payment_no)
+        body = payment.public(trace_id="")
+        error = outcome.error()
+        if error is None:
+            return respond(_SUCCESS_STATUS[payment.status], body)
+        return respond(error.status, {**body, **error_body(error)}, error.headers)
+
+
+@router.route("GET", "/api/v1/payments/{payment_no}")
+def get_payment(request: ApiRequest) -> dict[str, Any]:
+    merchant = authenticated(request)
+    store = payment_store()
+    payment = store.get(request.path_params.get("payment_no", ""), merchant.merchant_id)
+    refunds = [r.public() for r in store.refunds(payment.payment_no)]
+    return respond(200, {**payment.public(trace_id=""), "refunds": refunds})
+
+
+@router.route("GET", "/api/v1/orders/{order_no}")
+def get_order(request: ApiRequest) -> dict[str, Any]:
+    merchant = authenticated(request)
+    order = order_store().get(request.path_params.get("order_no", ""), merchant.merchant_id)
+    return respond(200, order.public())
+
+
+@router.route("GET", "/health")
+def health(_request: ApiRequest) -> dict[str, Any]:
+    from payments.health import check
+
+    healthy, checks = check()
+    return respond(200 if healthy else 503, {"status": "ok" if healthy else "degraded", "checks": checks})

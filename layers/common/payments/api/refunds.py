@@ -1,0 +1,66 @@
+"""The refund route (refund function)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from payments.api import authenticated, parse_body
+from payments.channel import get_channel
+from payments.http import ApiRequest, Router, respond
+from payments.idempotency import once, validate_key
+from payments.logic import new_id
+from payments.logic import refunds as refund_logic
+from payments.logic.recording import refund_attempt
+from payments.models import PaymentStatus, RefundRequest
+from payments.services import order_store, payment_store
+
+router = Router()
+
+
+def _refund_no(merchant_id: str, key: str | None) -> str:
+    """Stable for a retried request, so the provider's idempotency key is stable too."""
+    if key is None:
+        return new_id("re")
+    return "re_" + hashlib.sha256(f"{merchant_id}:{key}".encode()).hexdigest()[:32]
+
+
+@router.route("POST", "/api/v1/payments/{payment_no}/refunds")
+def create_refund(request: ApiRequest) -> dict[str, Any]:
+    with refund_attempt() as attempt:
+        merchant = authenticated(request)
+        key = validate_key(request.header("idempotency-key"))
+        command = parse_body(request, RefundRequest)
+        payment_no = request.path_params.get("payment_no", "")
+        outcome, _replayed = once(
+            lambda: refund_logic.refund(
+                merchant.merchant_id,
+                payment_no,
+                command,
+                payments=payment_store(),
+                orders=order_store(),
+                channel_for=get_channel,
+                refund_no=_refund_no(merchant.merchant_id, key),
+            ),
+            model=refund_logic.RefundOutcome,
+            operation="refund",
+            merchant_id=merchant.merchant_id,
+            key=key,
+            body=request.body,
+        )
+        refund, payment = outcome.refund, outcome.payment
+        attempt.currency, attempt.amount_minor = refund.currency, refund.amount
+        fully = payment.status is PaymentStatus.REFUNDED
+        attempt.status = "success" if fully else "partial_success"
+        return respond(
+            201,
+            {
+                "refund_no": refund.refund_no,
+                "payment_no": refund.payment_no,
+                "amount": refund.amount,
+                "currency": refund.currency,
+                "status": refund.status,
+                "payment_status": payment.status.value,
+                "refunded_amount": payment.refunded_amount,
+            },
+        )
