@@ -1,0 +1,322 @@
+"""The local AWS: moto's server app plus what moto lacks for this platform.
+
+A WSGI middleware in front of moto
+  (a) serialises DynamoDB requests with one lock: moto takes no lock around a request,
+      so concurrent conditional writes would race; AWS evaluates them atomically;
+  (b) answers Lambda Invoke from the in-process LambdaRuntime (moto's Lambda needs Docker);
+  (c) implements StartSyncExecution (moto's server does not route it) by running moto's own
+      ASL interpreter inline.
+moto's interpreter calls Lambda with boto3 at http://localhost:$MOTO_PORT, so the Invoke
+comes back through (b). moto keeps state in process-global backends: run one emulator per
+process at a time (start resets every backend).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import boto3
+from moto.core.config import default_user_config
+from moto.moto_api._internal.models import moto_api_backend
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.stepfunctions.parser.backend.execution import SyncExecution
+from moto.stepfunctions.responses import get_backend
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from local.runtime import LambdaRuntime, UnknownFunctionError
+from local.template import ACCOUNT, REGION, Template, load_template
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+_INVOKE = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
+# moto accepts any credentials; these mark the traffic as local.
+_FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+DEMO_KEY, DEMO_SECRET, DEMO_MERCHANT = "mk_demo", "sk_demo_secret", "merch_demo"
+
+
+def _json_response(
+    start_response: StartResponse,
+    status: str,
+    body: Any,
+    headers: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
+    data = json.dumps(body, default=_json_default).encode()
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(data))),
+            *(headers or []),
+        ],
+    )
+    return [data]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()  # awsJson timestamps are epoch seconds
+    return str(value)
+
+
+def _read_body(environ: Environ) -> bytes:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    return bytes(environ["wsgi.input"].read(length)) if length else b""
+
+
+class AwsMiddleware:
+    def __init__(self, moto_app: WsgiApp, runtime: LambdaRuntime | Any) -> None:
+        self.moto_app = moto_app
+        self.runtime = runtime
+        self.dynamodb_lock = threading.Lock()
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        match = _INVOKE.match(environ.get("PATH_INFO", ""))
+        if match and environ.get("REQUEST_METHOD") == "POST":
+            return self._invoke(unquote(match.group(1)), environ, start_response)
+        if target == "AWSStepFunctions.StartSyncExecution":
+            return self._start_sync(environ, start_response)
+        if target.startswith("DynamoDB_"):
+            with self.dynamodb_lock:
+                # Drain the body inside the lock: the write happens while iterating.
+                return [b"".join(self.moto_app(environ, start_response))]
+        return self.moto_app(environ, start_response)
+
+    def _invoke(self, name: str, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        raw = _read_body(environ)
+        kind = environ.get("HTTP_X_AMZ_INVOCATION_TYPE", "RequestResponse")
+        try:
+            self.runtime.function(name)
+            payload = json.loads(raw or b"{}")
+        except UnknownFunctionError:
+            err = {"Type": "User", "message": f"Function not found: {name}"}
+            hdr = [("x-amzn-ErrorType", "ResourceNotFoundException")]
+            return _json_response(start_response, "404 Not Found", err, hdr)
+        except ValueError:
+            err = {"Type": "User", "message": "Could not parse request body into json"}
+            hdr = [("x-amzn-ErrorType", "InvalidRequestContentException")]
+            return _json_response(start_response, "400 Bad Request", err, hdr)
+        if kind == "DryRun":
+            start_response("204 No Content", [])
+            return []
+        if kind == "Event":  # asynchronous: accept now, run in the background
+            threading.Thread(target=self.runtime.invoke, args=(name, payload), daemon=True).start()
+            start_response("202 Accepted", [("Content-Length", "0")])
+            return []
+        result, error = self.runtime.invoke(name, payload)
+        headers = [("X-Amz-Executed-Version", "$LATEST")]
+        if error is not None:
+            headers.append(("X-Amz-Function-Error", "Unhandled"))
+            return _json_response(start_response, "200 OK", error, headers)
+        return _json_response(start_response, "200 OK", result, headers)
+
+    def _start_sync(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        try:
+            req = json.loads(_read_body(environ) or b"{}")
+            output = start_sync_execution(req["stateMachineArn"], req.get("input"), req.get("name"))
+        except LookupError as exc:
+            err = {"__type": "StateMachineDoesNotExist", "message": str(exc)}
+            return _json_response(start_response, "400 Bad Request", err)
+        except ValueError as exc:
+            err = {"__type": "InvalidExecutionInput", "message": str(exc)}
+            return _json_response(start_response, "400 Bad Request", err)
+        return _json_response(start_response, "200 OK", output)
+
+
+def start_sync_execution(sm_arn: str, input_json: str | None, name: str | None) -> dict[str, Any]:
+    """Run an Express execution to completion in this thread with moto's interpreter."""
+    backend = get_backend(ACCOUNT, REGION)
+    sm: Any = next((s for s in backend.state_machines if s.arn == sm_arn), None)
+    if sm is None:
+        raise LookupError(f"State Machine Does Not Exist: '{sm_arn}'")
+    input_data = input_json if input_json is not None else "{}"
+    json.loads(input_data)  # ValueError → InvalidExecutionInput, as AWS
+    exec_name = name or uuid.uuid4().hex
+    # Snapshot the definition as moto's start_execution does (executions hold threads).
+    clone = copy.deepcopy(sm, {id(sm.executions): [], id(sm.backend): sm.backend})
+    execution = SyncExecution(
+        name=exec_name,
+        sm_type=clone.sm_type,
+        role_arn=clone.roleArn,
+        exec_arn=f"arn:aws:states:{REGION}:{ACCOUNT}:express:{sm.name}:{exec_name}:{uuid.uuid4()}",
+        account_id=ACCOUNT,
+        region_name=REGION,
+        state_machine=clone,
+        start_date=datetime.datetime.now(tz=datetime.UTC),
+        cloud_watch_logging_session=None,
+        input_data=input_data,
+        trace_header=None,
+        activity_store={},
+    )
+    sm.executions.append(execution)  # visible to DescribeExecution/ListExecutions
+    began = time.monotonic()
+    execution.start()  # SyncExecutionWorker runs the program inline
+    out: dict[str, Any] = dict(execution.to_start_sync_execution_output())
+    out.pop("inputDetails", None)
+    out.pop("outputDetails", None)
+    out.pop("traceHeader", None)
+    out["status"] = str(getattr(out["status"], "value", out["status"]))
+    elapsed_ms = int((time.monotonic() - began) * 1000)
+    out["billingDetails"] = {"billedMemoryUsedInMB": 64, "billedDurationInMilliseconds": elapsed_ms}
+    return out
+
+
+@dataclass
+class EmulatorHandle:
+    url: str
+    port: int
+    env: dict[str, str]
+    runtime: LambdaRuntime
+    template: Template
+    tables: dict[str, str]  # logical id → table name
+    state_machine_arn: str | None
+    merchant_key: str
+    merchant_secret: str
+    merchant_id: str = DEMO_MERCHANT
+    _server: BaseWSGIServer | None = None
+    _thread: threading.Thread | None = None
+    _saved_env: dict[str, str | None] = field(default_factory=dict)
+
+    def client(self, service: str) -> Any:
+        factory: Any = boto3.client  # service is a plain str, not one of the stub literals
+        return factory(service, endpoint_url=self.url, region_name=REGION, **_FAKE_CREDENTIALS)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for key, old in self._saved_env.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def aws_env(port: int) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "MOTO_PORT": str(port),  # where moto's interpreter sends its Lambda calls
+        # StartSyncExecution's endpoint has host prefix "sync-": sync-127.0.0.1 resolves nowhere.
+        "AWS_DISABLE_HOST_PREFIX_INJECTION": "true",
+    }
+
+
+def _provision(handle: EmulatorHandle) -> None:
+    ddb = handle.client("dynamodb")
+    for table in handle.template.tables.values():
+        kwargs: dict[str, Any] = {
+            "TableName": table.name,
+            "KeySchema": table.key_schema,
+            "AttributeDefinitions": table.attribute_definitions,
+            "BillingMode": "PAY_PER_REQUEST",
+        }
+        if table.global_indexes:
+            kwargs["GlobalSecondaryIndexes"] = [
+                {k: v for k, v in gsi.items() if k != "ProvisionedThroughput"}
+                for gsi in table.global_indexes
+            ]
+        ddb.create_table(**kwargs)
+        if table.ttl_attribute:
+            ddb.update_time_to_live(
+                TableName=table.name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute},
+            )
+    sfn = handle.client("stepfunctions")
+    for sm in handle.template.state_machines.values():
+        sfn.create_state_machine(
+            name=sm.name,
+            definition=sm.definition(),
+            type=sm.type,
+            roleArn=f"arn:aws:iam::{ACCOUNT}:role/{sm.name}-role",
+        )
+    _seed_merchant(handle)
+
+
+def _seed_merchant(handle: EmulatorHandle) -> None:
+    table = next((t for t in handle.template.tables.values() if "payment" in t.name.lower()), None)
+    table = table or next(iter(handle.template.tables.values()), None)
+    if table is None:
+        return
+    item = {
+        "pk": f"APIKEY#{handle.merchant_key}",
+        "sk": "APIKEY",
+        "merchant_id": handle.merchant_id,
+        "secret": handle.merchant_secret,
+        "key_id": handle.merchant_key,
+        "status": "active",
+    }
+    handle.client("dynamodb").put_item(
+        TableName=table.name, Item={k: {"S": v} for k, v in item.items()}
+    )
+
+
+def start_emulator(
+    template_path: str = "template.yaml",
+    port: int = 0,
+    env_overrides: Mapping[str, str] | None = None,
+    runtime: Any = None,
+) -> EmulatorHandle:
+    """Serve the local AWS on 127.0.0.1 and provision it from the template.
+
+    Sets the AWS_* variables (endpoint, fake credentials, region) in this process — the
+    functions run in-process and read them — and restores them on stop().
+    `runtime` replaces the LambdaRuntime (tests use a fake).
+    """
+    moto_api_backend.reset()  # moto state is process-global
+    default_user_config["stepfunctions"] = {"execute_state_machine": True}
+    overrides = dict(env_overrides or {})
+    template = load_template(template_path, overrides)
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    middleware = AwsMiddleware(moto_app, runtime)
+    server = make_server("127.0.0.1", port, middleware, threaded=True)
+    real_port = server.server_port
+    env = aws_env(real_port)
+    fn_keys = {k for fn in template.functions.values() for k in fn.environment}
+    saved = {k: os.environ.get(k) for k in {*env, *fn_keys, *overrides}}
+    os.environ.update(env)
+    if runtime is None:
+        runtime = LambdaRuntime(template, {**env, **overrides})  # applies the functions' env
+        middleware.runtime = runtime
+    env.update(getattr(runtime, "env", {}))
+    thread = threading.Thread(target=server.serve_forever, name="aws-emulator", daemon=True)
+    thread.start()
+    sm = template.state_machine
+    handle = EmulatorHandle(
+        url=f"http://127.0.0.1:{real_port}",
+        port=real_port,
+        env=env,
+        runtime=runtime,
+        template=template,
+        tables={t.logical_id: t.name for t in template.tables.values()},
+        state_machine_arn=sm.arn if sm else None,
+        merchant_key=os.environ.get("LOCAL_MERCHANT_KEY", DEMO_KEY),
+        merchant_secret=os.environ.get("LOCAL_MERCHANT_SECRET", DEMO_SECRET),
+        _server=server,
+        _thread=thread,
+        _saved_env=saved,
+    )
+    try:
+        _provision(handle)
+    except Exception:
+        handle.stop()
+        raise
+    return handle
