@@ -270,6 +270,7 @@ def reset() -> None:
         for m in _REGISTRY:
             m._reset()
         remote_write_failures = 0
+        _state.writer = None  # fresh Session and credentials
         _state.generation = _state.delivered_generation = _state.last_timestamp_ms = 0
 
 
