@@ -1,0 +1,152 @@
+"""CircuitBreaker state machine, with a fake clock."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from payments.channel.breaker import CircuitBreaker
+from payments.errors import ChannelUnavailable
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def breaker(clock: Clock) -> CircuitBreaker:
+    return CircuitBreaker("stripe", failure_threshold=3, reset_seconds=10, clock=clock)
+
+
+def fail(breaker: CircuitBreaker, times: int = 1) -> None:
+    for _ in range(times):
+        breaker.acquire()
+        breaker.record_failure()
+
+
+def test_opens_after_threshold_consecutive_failures(breaker: CircuitBreaker) -> None:
+    fail(breaker, 2)
+    assert breaker.state == "closed"
+    fail(breaker)
+    assert breaker.state == "open"
+    with pytest.raises(ChannelUnavailable):
+        breaker.acquire()
+
+
+def test_success_resets_the_consecutive_count(breaker: CircuitBreaker) -> None:
+    fail(breaker, 2)
+    breaker.acquire()
+    breaker.record_success()  # e.g. a decline: the provider answered
+    fail(breaker, 2)
+    assert breaker.state == "closed"
+
+
+def test_open_rejects_with_remaining_seconds(breaker: CircuitBreaker, clock: Clock) -> None:
+    fail(breaker, 3)
+    clock.now += 2.5
+    with pytest.raises(ChannelUnavailable) as info:
+        breaker.acquire()
+    assert info.value.retry_after == 8  # ceil(7.5)
+    assert info.value.headers == {"Retry-After": "8"}
+    clock.now += 7.4
+    with pytest.raises(ChannelUnavailable) as info:
+        breaker.acquire()
+    assert info.value.retry_after == 1  # never 0
+
+
+def test_half_open_admits_exactly_one_trial(breaker: CircuitBreaker, clock: Clock) -> None:
+    fail(breaker, 3)
+    clock.now += 10
+    assert breaker.state == "half_open"
+    breaker.acquire()  # the trial
+    with pytest.raises(ChannelUnavailable) as info:
+        breaker.acquire()
+    assert info.value.retry_after == 1
+    breaker.record_success()
+    assert breaker.state == "closed"
+    breaker.acquire()
+    breaker.acquire()
+
+
+def test_failed_trial_reopens_for_a_full_window(breaker: CircuitBreaker, clock: Clock) -> None:
+    fail(breaker, 3)
+    clock.now += 10
+    fail(breaker)  # one failure is enough in half-open
+    assert breaker.state == "open"
+    clock.now += 9.9
+    assert breaker.state == "open"
+    clock.now += 0.1
+    assert breaker.state == "half_open"
+
+
+def test_release_frees_the_trial_without_a_verdict(breaker: CircuitBreaker, clock: Clock) -> None:
+    fail(breaker, 3)
+    clock.now += 10
+    breaker.acquire()
+    breaker.release()
+    assert breaker.state == "half_open"
+    breaker.acquire()  # a new trial is allowed
+
+
+def test_only_one_thread_wins_the_trial(breaker: CircuitBreaker, clock: Clock) -> None:
+    fail(breaker, 3)
+    clock.now += 10
+    admitted: list[int] = []
+    barrier = threading.Barrier(16)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            breaker.acquire()
+            admitted.append(i)
+        except ChannelUnavailable:
+            pass
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 1
+
+
+def test_invalid_configuration() -> None:
+    with pytest.raises(ValueError):
+        CircuitBreaker("x", failure_threshold=0)
+    with pytest.raises(ValueError):
+        CircuitBreaker("x", reset_seconds=0)
+
+
+@given(st.lists(st.booleans(), max_size=60), st.integers(min_value=1, max_value=5))
+def test_opens_iff_threshold_consecutive_failures(outcomes: list[bool], threshold: int) -> None:
+    """With a frozen clock the breaker is open exactly when the last `threshold` results
+    before any rejection were failures; it never admits a call while open."""
+    clock = Clock()
+    breaker = CircuitBreaker("p", failure_threshold=threshold, reset_seconds=5, clock=clock)
+    streak = 0
+    for ok in outcomes:
+        if streak >= threshold:
+            assert breaker.state == "open"
+            with pytest.raises(ChannelUnavailable):
+                breaker.acquire()
+            continue
+        assert breaker.state == "closed"
+        breaker.acquire()
+        if ok:
+            breaker.record_success()
+            streak = 0
+        else:
+            breaker.record_failure()
+            streak += 1
