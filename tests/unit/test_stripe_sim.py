@@ -13,6 +13,12 @@ from local.stripe_sim import StripeSimulator, fault_from_env, make_app
 AUTH = {"Authorization": "Bearer sk_test_123"}
 
 
+def js(resp: TestResponse) -> Any:
+    body = resp.get_json()
+    assert body is not None, resp.data
+    return body
+
+
 @pytest.fixture
 def sim(monkeypatch: pytest.MonkeyPatch) -> StripeSimulator:
     monkeypatch.delenv("STRIPE_SIM_FAULT", raising=False)
@@ -42,7 +48,9 @@ def charge(
     return client.post("/v1/payment_intents", data=form, headers=headers)
 
 
-def refund(client: Client, pi: str, amount: int | None = None, key: str | None = None) -> Any:
+def refund(
+    client: Client, pi: str, amount: int | None = None, key: str | None = None
+) -> TestResponse:
     form = {"payment_intent": pi}
     if amount is not None:
         form["amount"] = str(amount)
@@ -54,14 +62,14 @@ def refund(client: Client, pi: str, amount: int | None = None, key: str | None =
 def test_charge_succeeds(client: Client, pm: str) -> None:
     resp = charge(client, pm)
     assert resp.status_code == 200
-    body = resp.json
+    body = js(resp)
     assert body["id"].startswith("pi_")
     assert body["latest_charge"].startswith("ch_")
     assert body["status"] == "succeeded"
     assert (body["amount"], body["amount_received"], body["currency"]) == (1000, 1000, "usd")
     assert body["metadata"] == {"payment_no": "pay_1"}
     got = client.get(f"/v1/payment_intents/{body['id']}", headers=AUTH)
-    assert got.status_code == 200 and got.json["id"] == body["id"]
+    assert got.status_code == 200 and js(got)["id"] == body["id"]
 
 
 @pytest.mark.parametrize(
@@ -74,7 +82,7 @@ def test_charge_succeeds(client: Client, pm: str) -> None:
 def test_declines_are_402_card_errors(client: Client, pm: str, decline_code: str) -> None:
     resp = charge(client, pm)
     assert resp.status_code == 402
-    err = resp.json["error"]
+    err = js(resp)["error"]
     assert err["type"] == "card_error"
     assert err["code"] == "card_declined"
     assert err["decline_code"] == decline_code
@@ -82,19 +90,19 @@ def test_declines_are_402_card_errors(client: Client, pm: str, decline_code: str
 
 
 def test_unknown_payment_method_and_bad_params_are_400(client: Client) -> None:
-    assert charge(client, "pm_card_bogus").json["error"]["code"] == "resource_missing"
+    assert js(charge(client, "pm_card_bogus"))["error"]["code"] == "resource_missing"
     for bad in ("0", "-5", "10.5", "abc"):
         resp = charge(client, amount=bad)
-        assert resp.status_code == 400 and resp.json["error"]["param"] == "amount"
+        assert resp.status_code == 400 and js(resp)["error"]["param"] == "amount"
     resp = client.post("/v1/payment_intents", data={"amount": "5"}, headers=AUTH)
-    assert resp.status_code == 400 and resp.json["error"]["param"] == "currency"
+    assert resp.status_code == 400 and js(resp)["error"]["param"] == "currency"
 
 
 def test_idempotent_replay_returns_stored_response(client: Client, sim: StripeSimulator) -> None:
     first = charge(client, key="k1")
     second = charge(client, key="k1")
     assert second.status_code == 200
-    assert second.json["id"] == first.json["id"]
+    assert js(second)["id"] == js(first)["id"]
     assert second.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
     assert len(sim.payment_intents()) == 1
@@ -102,7 +110,7 @@ def test_idempotent_replay_returns_stored_response(client: Client, sim: StripeSi
     d1 = charge(client, "pm_card_chargeDeclined", key="k2")
     d2 = charge(client, "pm_card_chargeDeclined", key="k2")
     assert d2.status_code == 402 and d2.headers["Idempotent-Replayed"] == "true"
-    assert d1.json == d2.json
+    assert js(d1) == js(d2)
     assert len(sim.payment_intents()) == 2
 
 
@@ -110,51 +118,51 @@ def test_key_reuse_with_other_params_is_rejected(client: Client, sim: StripeSimu
     charge(client, key="k1")
     resp = charge(client, key="k1", amount="2000")
     assert resp.status_code == 400
-    assert resp.json["error"]["type"] == "idempotency_error"
+    assert js(resp)["error"]["type"] == "idempotency_error"
     assert len(sim.payment_intents()) == 1
 
 
 def test_refunds_partial_then_over_refund(client: Client, sim: StripeSimulator) -> None:
-    pi = charge(client).json["id"]
+    pi = js(charge(client))["id"]
     r1 = refund(client, pi, 300)
     assert r1.status_code == 200
-    assert r1.json["status"] == "succeeded" and r1.json["amount"] == 300
+    assert js(r1)["status"] == "succeeded" and js(r1)["amount"] == 300
     over = refund(client, pi, 800)
-    assert over.status_code == 400 and over.json["error"]["code"] == "amount_too_large"
+    assert over.status_code == 400 and js(over)["error"]["code"] == "amount_too_large"
     rest = refund(client, pi)  # default: the remaining amount
-    assert rest.json["amount"] == 700
+    assert js(rest)["amount"] == 700
     again = refund(client, pi, 1)
-    assert again.json["error"]["code"] == "charge_already_refunded"
+    assert js(again)["error"]["code"] == "charge_already_refunded"
     [listed] = sim.payment_intents()
     assert [r["amount"] for r in listed["refunds"]] == [300, 700]
 
 
 def test_refund_idempotency_and_unknown_intent(client: Client, sim: StripeSimulator) -> None:
-    pi = charge(client).json["id"]
+    pi = js(charge(client))["id"]
     a = refund(client, pi, 100, key="r1")
     b = refund(client, pi, 100, key="r1")
-    assert a.json["id"] == b.json["id"] and b.headers["Idempotent-Replayed"] == "true"
+    assert js(a)["id"] == js(b)["id"] and b.headers["Idempotent-Replayed"] == "true"
     assert len(sim.payment_intents()[0]["refunds"]) == 1
-    assert refund(client, "pi_missing").json["error"]["code"] == "resource_missing"
-    declined = charge(client, "pm_card_chargeDeclined").json["error"]["payment_intent"]["id"]
+    assert js(refund(client, "pi_missing"))["error"]["code"] == "resource_missing"
+    declined = js(charge(client, "pm_card_chargeDeclined"))["error"]["payment_intent"]["id"]
     assert refund(client, declined).status_code == 400
 
 
 def test_refund_fail_card_charges_but_refunds_fail(client: Client, sim: StripeSimulator) -> None:
     resp = charge(client, "pm_card_refundFail")
-    assert resp.status_code == 200 and resp.json["status"] == "succeeded"
-    r = refund(client, resp.json["id"], 500)
+    assert resp.status_code == 200 and js(resp)["status"] == "succeeded"
+    r = refund(client, js(resp)["id"], 500)
     assert r.status_code == 200
-    assert r.json["object"] == "refund"
-    assert r.json["status"] == "failed" and r.json["failure_reason"] == "declined"
+    assert js(r)["object"] == "refund"
+    assert js(r)["status"] == "failed" and js(r)["failure_reason"] == "declined"
     # A failed refund doesn't consume the refundable amount.
-    assert refund(client, resp.json["id"], 1000).json["status"] == "failed"
+    assert js(refund(client, js(resp)["id"], 1000))["status"] == "failed"
 
 
 def test_auth_required(client: Client) -> None:
     form = {"amount": "100", "currency": "usd", "payment_method": "pm_card_visa"}
     none = client.post("/v1/payment_intents", data=form)
-    assert none.status_code == 401 and none.json["error"]["type"] == "invalid_request_error"
+    assert none.status_code == 401 and js(none)["error"]["type"] == "invalid_request_error"
     bad = client.post("/v1/payment_intents", data=form, headers={"Authorization": "Bearer sk_x"})
     assert bad.status_code == 401
     ok = client.post(
@@ -169,8 +177,8 @@ def test_fault_error_with_count_reverts(client: Client) -> None:
     assert set_resp.status_code == 200
     for _ in range(2):
         resp = charge(client)
-        assert resp.status_code == 500 and resp.json["error"]["type"] == "api_error"
-    assert client.get("/_sim/fault").json["mode"] == "none"
+        assert resp.status_code == 500 and js(resp)["error"]["type"] == "api_error"
+    assert js(client.get("/_sim/fault"))["mode"] == "none"
     assert charge(client).status_code == 200
 
 
@@ -215,12 +223,12 @@ def test_env_fault_applies_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_reset_and_listing(client: Client, sim: StripeSimulator) -> None:
     charge(client, **{"metadata[payment_no]": "pay_a"})
     charge(client, **{"metadata[payment_no]": "pay_b"})
-    listed = client.get("/_sim/payment_intents").json["data"]
+    listed = js(client.get("/_sim/payment_intents"))["data"]
     assert sorted(i["metadata"]["payment_no"] for i in listed) == ["pay_a", "pay_b"]
     client.post("/_sim/fault", json={"mode": "error"})
     assert client.post("/_sim/reset").status_code == 200
-    assert client.get("/_sim/payment_intents").json["data"] == []
-    assert client.get("/_sim/fault").json["mode"] == "none"
+    assert js(client.get("/_sim/payment_intents"))["data"] == []
+    assert js(client.get("/_sim/fault"))["mode"] == "none"
 
 
 def test_unknown_routes(client: Client) -> None:
