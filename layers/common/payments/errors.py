@@ -114,5 +114,11 @@ class OrderCreationFailed(PaymentError):
 
 OUTCOME_ERRORS: dict[str, type[PaymentError]] = {
     cls.code: cls
-    for cls in (RiskRejected, ChannelDeclined, ChannelUnavailable, OrderCreationFailed, PaymentError)
+    for cls in (
+        RiskRejected,
+        ChannelDeclined,
+        ChannelUnavailable,
+        OrderCreationFailed,
+        PaymentError,
+    )
 }

@@ -11,7 +11,7 @@ import contextvars
 import hashlib
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -58,10 +58,10 @@ def _idempotent_runner(model: type[BaseModel]) -> Callable[..., BaseModel]:
         payload_validation_jmespath="body_sha256",
         raise_on_no_idempotency_key=True,
         expires_after_seconds=settings.idempotency_ttl_seconds,
-        response_hook=_mark_replay,
+        response_hook=cast(Any, _mark_replay),
     )
 
-    @idempotent_function(
+    @idempotent_function(  # type: ignore[untyped-decorator]
         data_keyword_argument="call",
         persistence_store=persistence,
         config=config,
@@ -70,7 +70,7 @@ def _idempotent_runner(model: type[BaseModel]) -> Callable[..., BaseModel]:
     def run(call: dict[str, str]) -> BaseModel:
         return _work.get()()
 
-    return run
+    return cast(Callable[..., BaseModel], run)
 
 
 def once(

@@ -50,9 +50,9 @@ class _Strict(BaseModel):
 
 class Customer(_Strict):
     id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
-    email: Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = (
-        None
-    )
+    email: (
+        Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None
+    ) = None
     ip: Annotated[str, StringConstraints(max_length=45)] | None = None
     country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
 

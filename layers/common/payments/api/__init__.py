@@ -41,4 +41,4 @@ def parse_body(request: ApiRequest, model: type[M]) -> M:
         errors = err.errors(include_input=False, include_url=False)
         if any(e["loc"][:1] == ("amount",) for e in errors):
             raise InvalidAmount("amount must be an integer number of minor units.") from None
-        raise invalid_request_from(list(errors)) from None
+        raise invalid_request_from([dict(e) for e in errors]) from None

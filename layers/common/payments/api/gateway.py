@@ -46,9 +46,7 @@ def create_payment(request: ApiRequest) -> dict[str, Any]:
         )
         payment = outcome.payment
         attempt.amount_minor = payment.amount
-        attempt.status = (
-            "duplicate" if replayed else _METRIC_STATUS.get(payment.status, "failed")
-        )
+        attempt.status = "duplicate" if replayed else _METRIC_STATUS.get(payment.status, "failed")
         tracing.annotate_step(payment_no=payment.payment_no)
         body = payment.public(trace_id="")
         error = outcome.error()
@@ -78,4 +76,6 @@ def health(_request: ApiRequest) -> dict[str, Any]:
     from payments.health import check
 
     healthy, checks = check()
-    return respond(200 if healthy else 503, {"status": "ok" if healthy else "degraded", "checks": checks})
+    return respond(
+        200 if healthy else 503, {"status": "ok" if healthy else "degraded", "checks": checks}
+    )

@@ -13,10 +13,14 @@ class ApiKeyStore:
     def lookup(self, key_id: str) -> ApiKey | None:
         if len(key_id) > 128:
             return None
-        item = dynamodb().get_item(
-            TableName=self.table,
-            Key={"pk": {"S": f"APIKEY#{key_id}"}, "sk": {"S": "APIKEY"}},
-        ).get("Item")
+        item = (
+            dynamodb()
+            .get_item(
+                TableName=self.table,
+                Key={"pk": {"S": f"APIKEY#{key_id}"}, "sk": {"S": "APIKEY"}},
+            )
+            .get("Item")
+        )
         if not item:
             return None
         return ApiKey(
