@@ -29,7 +29,11 @@ from urllib.parse import unquote
 import boto3
 from moto.core.config import default_user_config
 from moto.moto_api._internal.models import moto_api_backend
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
 from moto.stepfunctions.parser.backend.execution import SyncExecution
 from moto.stepfunctions.responses import get_backend
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -45,6 +49,21 @@ _INVOKE = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 # moto accepts any credentials; these mark the traffic as local.
 _FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 DEMO_KEY, DEMO_SECRET, DEMO_MERCHANT = "mk_demo", "sk_demo_secret", "merch_demo"
+
+
+class QuietHandler(MotoRequestHandler):
+    """Keeps underscore headers (as moto's server does) without a log line per request."""
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        return
+
+
+def serve_wsgi(app: WsgiApp, port: int) -> tuple[BaseWSGIServer, threading.Thread]:
+    """Serve on 127.0.0.1 only, one thread per request, from a daemon thread."""
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
 
 
 def _json_response(
@@ -287,7 +306,7 @@ def start_emulator(
     template = load_template(template_path, overrides)
     moto_app = DomainDispatcherApplication(create_backend_app)
     middleware = AwsMiddleware(moto_app, runtime)
-    server = make_server("127.0.0.1", port, middleware, threaded=True)
+    server, thread = serve_wsgi(middleware, port)
     real_port = server.server_port
     env = aws_env(real_port)
     fn_keys = {k for fn in template.functions.values() for k in fn.environment}
@@ -297,8 +316,6 @@ def start_emulator(
         runtime = LambdaRuntime(template, {**env, **overrides})  # applies the functions' env
         middleware.runtime = runtime
     env.update(getattr(runtime, "env", {}))
-    thread = threading.Thread(target=server.serve_forever, name="aws-emulator", daemon=True)
-    thread.start()
     sm = template.state_machine
     handle = EmulatorHandle(
         url=f"http://127.0.0.1:{real_port}",
