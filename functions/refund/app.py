@@ -10,4 +10,4 @@ from payments.observability import instrument
 
 @instrument("refund-service")
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return router.resolve(event)
+    return router.resolve(event, context)

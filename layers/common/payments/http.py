@@ -33,6 +33,7 @@ class ApiRequest:
     headers: dict[str, str]
     body: bytes
     path_params: dict[str, str] = field(default_factory=dict)
+    lambda_context: Any = field(default=None, repr=False, compare=False)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -55,7 +56,7 @@ class ApiRequest:
         return value
 
 
-def parse_event(event: dict[str, Any]) -> ApiRequest:
+def parse_event(event: dict[str, Any], lambda_context: Any = None) -> ApiRequest:
     http = event["requestContext"]["http"]
     raw = event.get("body") or ""
     body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
@@ -69,6 +70,7 @@ def parse_event(event: dict[str, Any]) -> ApiRequest:
         headers=headers,
         body=body,
         path_params=dict(event.get("pathParameters") or {}),
+        lambda_context=lambda_context,
     )
 
 
@@ -125,9 +127,9 @@ class Router:
             raise MethodNotAllowed(headers={"Allow": ", ".join(sorted(allowed))})
         raise NotFound("No such route.")
 
-    def resolve(self, event: dict[str, Any]) -> dict[str, Any]:
+    def resolve(self, event: dict[str, Any], lambda_context: Any = None) -> dict[str, Any]:
         try:
-            request = parse_event(event)
+            request = parse_event(event, lambda_context)
             return self._match(request)(request)
         except PaymentError as err:
             return error_response(err)

@@ -41,7 +41,7 @@ def _mark_replay(response: Any, _record: Any) -> Any:
 
 
 @lru_cache(maxsize=8)
-def _idempotent_runner(model: type[BaseModel]) -> Callable[..., BaseModel]:
+def _idempotent_runner(model: type[BaseModel]) -> tuple[Callable[..., BaseModel], Any]:
     from aws_lambda_powertools.utilities.idempotency import (
         DynamoDBPersistenceLayer,
         IdempotencyConfig,
@@ -70,7 +70,7 @@ def _idempotent_runner(model: type[BaseModel]) -> Callable[..., BaseModel]:
     def run(call: dict[str, str]) -> BaseModel:
         return _work.get()()
 
-    return cast(Callable[..., BaseModel], run)
+    return cast(Callable[..., BaseModel], run), config
 
 
 def once(
@@ -81,6 +81,7 @@ def once(
     merchant_id: str,
     key: str | None,
     body: bytes,
+    lambda_context: Any = None,
 ) -> tuple[T, bool]:
     """Run `work` at most once per (operation, merchant, key). Returns (result, replayed)."""
     if key is None:
@@ -99,7 +100,11 @@ def once(
     work_token = _work.set(work)
     replay_token = _replayed.set(False)
     try:
-        result = _idempotent_runner(model)(call=call)
+        run, config = _idempotent_runner(model)
+        if lambda_context is not None:
+            # Lets an in-progress record expire with the invocation, not only with the TTL.
+            config.register_lambda_context(lambda_context)
+        result = run(call=call)
         return model.model_validate(result), _replayed.get()
     except IdempotencyValidationError:
         raise IdempotencyKeyReused() from None

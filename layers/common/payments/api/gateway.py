@@ -43,6 +43,7 @@ def create_payment(request: ApiRequest) -> dict[str, Any]:
             merchant_id=merchant.merchant_id,
             key=key,
             body=request.body,
+            lambda_context=request.lambda_context,
         )
         payment = outcome.payment
         attempt.amount_minor = payment.amount

@@ -47,6 +47,7 @@ def create_refund(request: ApiRequest) -> dict[str, Any]:
             merchant_id=merchant.merchant_id,
             key=key,
             body=request.body,
+            lambda_context=request.lambda_context,
         )
         refund, payment = outcome.refund, outcome.payment
         attempt.currency, attempt.amount_minor = refund.currency, refund.amount
