@@ -129,6 +129,12 @@ def test_only_values_since_last_flush(capsys):
     assert metrics.snapshot()["refund_total"] == {("success", "USD"): 4.0}
 
 
+def test_empty_label_value_still_gives_valid_dimension(capsys):
+    metrics.REFUND_AMOUNT.observe(1, currency="")
+    (doc,) = emitted(capsys)
+    assert doc["currency"] == "none"
+
+
 def test_namespace_from_env(capsys, monkeypatch):
     monkeypatch.setenv("METRICS_NAMESPACE", "Custom/Payments")
     metrics.COLD_STARTS_TOTAL.inc(function="fn")

@@ -255,6 +255,18 @@ def test_hanging_receiver_bounded_by_timeout(receiver, capsys):
     assert metrics.remote_write_failures == 1
 
 
+def test_flush_skips_while_a_write_is_still_in_flight(receiver, capsys):
+    receiver.script = ["hang"]
+    metrics.PAYMENT_TOTAL.inc(status="success", channel="s", currency="USD")
+    metrics.flush(0.2)
+    metrics.PAYMENT_TOTAL.inc(status="success", channel="s", currency="USD")
+    start = time.monotonic()
+    metrics.flush(0.2)
+    assert time.monotonic() - start < 0.1  # did not wait or send
+    assert len(receiver.requests) == 1
+    assert metrics.remote_write_failures == 2
+
+
 def test_default_timeout_from_env(receiver, capsys, monkeypatch):
     monkeypatch.setenv("METRICS_FLUSH_TIMEOUT_MS", "150")
     receiver.script = ["hang"]

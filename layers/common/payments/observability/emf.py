@@ -76,7 +76,8 @@ def _document(
             ],
         }
     }
-    doc.update(dimensions)
+    # CloudWatch rejects empty or over-long (> 1024 chars) dimension values.
+    doc.update((name, (value or "none")[:1024]) for name, value in dimensions)
     for entry, values in metrics:
         # A single value is written as a number: CloudWatch accepts both, and it reads better.
         doc[entry.name] = values[0] if len(values) == 1 else list(values)

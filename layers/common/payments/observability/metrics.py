@@ -9,6 +9,10 @@ since the previous flush as EMF (CloudWatch aggregates them) and, when
 PROMETHEUS_REMOTE_WRITE_URL is set, remote-writes the cumulative state of this execution
 environment (see `remote_write` for the `instance` label and the series-churn trade-off).
 
+PromQL: histograms have no bare series; the mean amount is
+    sum by (channel, currency) (rate(payment_gateway_payment_amount_sum[5m]))
+      / sum by (channel, currency) (rate(payment_gateway_payment_amount_count[5m]))
+
 Environment: METRICS_NAMESPACE (EMF namespace, default PaymentGateway),
 METRICS_FLUSH_TIMEOUT_MS (default 200), PROMETHEUS_REMOTE_WRITE_URL,
 PROMETHEUS_REMOTE_WRITE_SIGV4 (true/false; default: on for aps-workspaces hosts),
@@ -368,38 +372,43 @@ def _remote_write(url: str, deadline: float) -> None:
     timeouts alone cannot. At most one write is in flight: a later flush skips while one
     is still running, and the next successful write carries the cumulative state anyway.
     """
-    if _state.inflight is not None and _state.inflight.is_alive():
+    outcome: list[remote_write.Outcome] = []
+    with _LOCK:
+        if _state.inflight is not None and _state.inflight.is_alive():
+            busy = True
+        else:
+            busy = False
+            generation = _state.generation
+            if generation == _state.delivered_generation:
+                return  # nothing new since the last delivered write
+            # Strictly increasing, 2 ms apart: a leading 0 sample (ts - 1) never collides
+            # with a sample this environment already sent.
+            ts = max(int(time.time() * 1000), _state.last_timestamp_ms + 2)
+            _state.last_timestamp_ms = ts
+            series, metadata, keys = _collect_series(ts)
+            if _state.writer is None:
+                _state.writer = remote_write.Writer()
+            writer = _state.writer
+
+            def run() -> None:
+                try:
+                    result = writer.send(url, remote_write.encode(series, metadata), deadline)
+                except Exception as exc:  # never let a thread die with a traceback on stderr
+                    result = remote_write.Outcome(False, 0, type(exc).__name__)
+                if result.ok:
+                    with _LOCK:
+                        for m, key in keys:
+                            m._announced.add(key)
+                        _state.delivered_generation = max(_state.delivered_generation, generation)
+                outcome.append(result)
+
+            thread = _state.inflight = threading.Thread(
+                target=run, name="metrics-remote-write", daemon=True
+            )
+            thread.start()
+    if busy:
         _fail(url, "previous write still in flight", 0)
         return
-    with _LOCK:
-        generation = _state.generation
-        if generation == _state.delivered_generation:
-            return  # nothing new since the last delivered write
-        # Strictly increasing, 2 ms apart: a leading 0 sample (ts - 1) never collides with
-        # a sample this environment already sent.
-        ts = max(int(time.time() * 1000), _state.last_timestamp_ms + 2)
-        _state.last_timestamp_ms = ts
-        series, metadata, keys = _collect_series(ts)
-        if _state.writer is None:
-            _state.writer = remote_write.Writer()
-        writer = _state.writer
-    outcome: list[remote_write.Outcome] = []
-
-    def run() -> None:
-        try:
-            result = writer.send(url, remote_write.encode(series, metadata), deadline)
-        except Exception as exc:  # never let a thread die with a traceback on stderr
-            result = remote_write.Outcome(False, 0, type(exc).__name__)
-        if result.ok:
-            with _LOCK:
-                for m, key in keys:
-                    m._announced.add(key)
-                _state.delivered_generation = max(_state.delivered_generation, generation)
-        outcome.append(result)
-
-    thread = threading.Thread(target=run, name="metrics-remote-write", daemon=True)
-    _state.inflight = thread
-    thread.start()
     thread.join(max(0.0, deadline - time.monotonic()))
     if not outcome:
         _fail(url, "timeout", 0)
@@ -412,8 +421,8 @@ def flush(timeout_seconds: float | None = None) -> None:
 
     Never raises and returns within the timeout (METRICS_FLUSH_TIMEOUT_MS, default 200 ms).
     """
+    deadline = time.monotonic() + _flush_timeout(timeout_seconds)
     try:
-        deadline = time.monotonic() + _flush_timeout(timeout_seconds)
         namespace = os.environ.get("METRICS_NAMESPACE") or DEFAULT_NAMESPACE
         with _LOCK:
             entries = _emf_entries()

@@ -158,8 +158,13 @@ class Writer:
             retryable = True
             try:
                 headers = self._sign(url, body, region) if region else dict(HEADERS)
+                # No redirects: requests would turn a redirected POST into a bodiless GET.
                 resp = self._session.post(
-                    url, data=body, headers=headers, timeout=(remaining, remaining)
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=(remaining, remaining),
+                    allow_redirects=False,
                 )
                 resp.close()
                 if 200 <= resp.status_code < 300:
