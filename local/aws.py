@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -58,8 +59,22 @@ class QuietHandler(MotoRequestHandler):
         return
 
 
+def check_port_free(port: int) -> None:
+    """Raise OSError(EADDRINUSE) if 127.0.0.1:port is taken.
+
+    werkzeug's make_server prints to stderr and calls sys.exit(1) on a taken port; probing
+    first (with SO_REUSEADDR, as the server binds) lets callers report it in one line.
+    """
+    if port == 0:
+        return
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+
+
 def serve_wsgi(app: WsgiApp, port: int) -> tuple[BaseWSGIServer, threading.Thread]:
     """Serve on 127.0.0.1 only, one thread per request, from a daemon thread."""
+    check_port_free(port)
     server = make_server("127.0.0.1", port, app, threaded=True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -1,0 +1,156 @@
+"""`python -m local.stack` (`make run`): the whole platform on 127.0.0.1, no Docker.
+
+AWS emulator (moto + in-process Lambda) + Stripe simulator + API Gateway emulator.
+Ports: PAYMENTS_PORT (API, default 3000), STRIPE_SIM_PORT (default 12111),
+AWS_EMULATOR_PORT (default ephemeral).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from local.api import ApiHandle, serve_api
+from local.aws import EmulatorHandle, check_port_free, start_emulator
+
+LOCAL_STRIPE_KEY = "sk_test_local"
+
+
+class PortInUseError(RuntimeError):
+    def __init__(self, what: str, port: int) -> None:
+        super().__init__(f"{what} port {port} is already in use")
+        self.port = port
+
+
+def _bind(what: str, port: int, start: Any) -> Any:
+    """Run a server start-up, naming the port when it is taken."""
+    try:
+        return start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(what, port) from exc
+        raise
+
+
+def start_stripe_sim(port: int) -> Any | None:
+    """The Stripe simulator (someone else's module); None if it is not available."""
+    try:
+        from local.stripe_sim import make_app, serve
+    except ImportError:
+        print("warning: local.stripe_sim.serve not available; no Stripe simulator", file=sys.stderr)
+        return None
+    # The simulator checks the same key the functions send.
+    app = make_app(LOCAL_STRIPE_KEY)
+    _bind("Stripe simulator", port, lambda: check_port_free(port))
+    return _bind("Stripe simulator", port, lambda: serve("127.0.0.1", port, app=app))
+
+
+def function_env(sim_url: str | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """What the functions need locally; shell values win for the pass-through variables."""
+    env = {"STRIPE_API_KEY": LOCAL_STRIPE_KEY}
+    if sim_url:
+        env["STRIPE_API_BASE"] = sim_url
+    if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    else:
+        Path(".local").mkdir(exist_ok=True)
+        env["TRACES_EXPORTER_FILE"] = str(Path(".local/traces.jsonl").resolve())
+    for name in ("PROMETHEUS_REMOTE_WRITE_URL", "LOCAL_MERCHANT_KEY", "LOCAL_MERCHANT_SECRET"):
+        if environ.get(name):
+            env[name] = environ[name]
+    return env
+
+
+@dataclass
+class StackHandle:
+    api_url: str
+    sim_url: str | None
+    emulator: EmulatorHandle
+    api: ApiHandle
+    sim: Any | None
+
+    def stop(self) -> None:
+        self.api.stop()
+        self.emulator.stop()
+        if self.sim is not None:
+            self.sim.stop()
+
+
+def start_stack(
+    port: int = 0,
+    sim_port: int = 0,
+    aws_port: int = 0,
+    template_path: str = "template.yaml",
+    env_overrides: Mapping[str, str] | None = None,
+) -> StackHandle:
+    """Start everything (0 = ephemeral port); on failure, stop what was started and raise."""
+    sim = start_stripe_sim(sim_port)
+    sim_url: str | None = getattr(sim, "url", None)
+    started: list[Any] = [sim] if sim else []
+    try:
+        env = {**function_env(sim_url, os.environ), **(env_overrides or {})}
+        emulator = _bind(
+            "AWS emulator", aws_port, lambda: start_emulator(template_path, aws_port, env)
+        )
+        started.append(emulator)
+        api = _bind("API", port, lambda: serve_api(emulator.template, emulator.runtime, port))
+    except BaseException:
+        for item in reversed(started):
+            item.stop()
+        raise
+    return StackHandle(api.url, sim_url, emulator, api, sim)
+
+
+def banner(stack: StackHandle, seconds: float) -> str:
+    em = stack.emulator
+    lines = [
+        f"Payments API       {stack.api_url}   (ready in {seconds:.1f}s)",
+        f"Demo merchant      X-API-Key {em.merchant_key}   secret {em.merchant_secret}",
+        f"AWS emulator       {em.url}   tables {', '.join(em.tables.values())}",
+    ]
+    if stack.sim_url:
+        lines += [
+            f"Stripe simulator   {stack.sim_url}",
+            f'  faults:          curl -X POST {stack.sim_url}/_sim/fault -d \'{{"mode":"error"}}\'',
+            f'                   curl -X POST {stack.sim_url}/_sim/fault -d \'{{"mode":"none"}}\'',
+        ]
+    lines.append(f"Try                curl {stack.api_url}/health      (Ctrl-C stops)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    began = time.monotonic()
+    try:
+        stack = start_stack(
+            port=int(os.environ.get("PAYMENTS_PORT", "3000")),
+            sim_port=int(os.environ.get("STRIPE_SIM_PORT", "12111")),
+            aws_port=int(os.environ.get("AWS_EMULATOR_PORT", "0")),
+        )
+    except PortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print(banner(stack, time.monotonic() - began), flush=True)
+    while not stopping.wait(0.5):
+        pass
+    stack.stop()
+    print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

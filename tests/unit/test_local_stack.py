@@ -1,0 +1,129 @@
+"""The local stack: start/stop in-process, port errors, `python -m local.stack` signals."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from local import stack as stack_mod
+from local.stack import StackHandle, banner, function_env, start_stack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[StackHandle]:
+    handle = start_stack(template_path=str(ROOT / "template.yaml"))
+    yield handle
+    handle.stop()
+
+
+def _signed(method: str, path: str, body: str) -> dict[str, str]:
+    ts = str(int(time.time()))
+    msg = f"{ts}.{method}.{path}.{body}".encode()
+    sig = hmac.new(b"sk_demo_secret", msg, hashlib.sha256).hexdigest()
+    return {
+        "X-API-Key": "mk_demo",
+        "X-Timestamp": ts,
+        "X-Signature": sig,
+        "Content-Type": "application/json",
+    }
+
+
+def test_health_and_a_payment_through_the_whole_stack(stack: StackHandle) -> None:
+    assert stack.sim_url is not None
+    health = requests.get(f"{stack.api_url}/health", timeout=10)
+    assert health.status_code == 200
+    body = json.dumps(
+        {
+            "merchant_order_no": "stack-1",
+            "amount": 1999,
+            "currency": "USD",
+            "payment_method": "pm_card_visa",
+        }
+    )
+    resp = requests.post(
+        f"{stack.api_url}/api/v1/payments",
+        data=body,
+        headers=_signed("POST", "/api/v1/payments", body),
+        timeout=30,
+    )
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["status"] == "succeeded"
+    assert "X-Trace-ID" in resp.headers
+
+
+def test_banner_names_urls_key_and_fault_knob(stack: StackHandle) -> None:
+    text = banner(stack, 1.23)
+    assert stack.api_url in text and "mk_demo" in text and "sk_demo_secret" in text
+    assert f"{stack.sim_url}/_sim/fault" in text and "1.2s" in text
+
+
+def test_function_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = function_env("http://127.0.0.1:1", {"PROMETHEUS_REMOTE_WRITE_URL": "http://p/w"})
+    assert env["STRIPE_API_BASE"] == "http://127.0.0.1:1"
+    assert env["STRIPE_API_KEY"] == "sk_test_local"
+    assert env["TRACES_EXPORTER_FILE"].endswith(".local/traces.jsonl")
+    assert env["PROMETHEUS_REMOTE_WRITE_URL"] == "http://p/w"
+    otlp = function_env(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318"})
+    assert otlp["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel:4318"
+    assert "TRACES_EXPORTER_FILE" not in otlp and "STRIPE_API_BASE" not in otlp
+
+
+def test_port_in_use_is_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.chdir(ROOT)
+        monkeypatch.setenv("PAYMENTS_PORT", str(port))
+        monkeypatch.setenv("STRIPE_SIM_PORT", "0")
+        monkeypatch.setenv("AWS_EMULATOR_PORT", "0")
+        assert stack_mod.main() == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: API port {port} is already in use"
+
+
+def test_run_and_sigterm_exit_zero() -> None:
+    env = {
+        **os.environ,
+        "PAYMENTS_PORT": "0",
+        "STRIPE_SIM_PORT": "0",
+        "AWS_EMULATOR_PORT": "0",
+        "PYTHONPATH": f"{ROOT / 'layers' / 'common'}{os.pathsep}{ROOT}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "local.stack"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("Payments API")
+        url = first.split()[2]
+        assert requests.get(f"{url}/health", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
