@@ -109,7 +109,7 @@ def redact_text(text: str) -> str:
 
 
 def redact(value: Any, key: str | None = None) -> Any:
-    """A redacted copy of `value` (dicts, lists, tuples and strings; other types as-is)."""
+    """A redacted copy of `value`: containers walked, other objects turned into redacted str."""
     if key is not None and is_sensitive_key(key):
         return REDACTED if value not in (None, "") else value
     if isinstance(value, str):
@@ -118,9 +118,14 @@ def redact(value: Any, key: str | None = None) -> Any:
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(redact(item) for item in value)
-    if isinstance(value, int) and not isinstance(value, bool) and 10**12 <= abs(value) < 10**19:
-        return REDACTED if _luhn_ok(str(abs(value))) else value
-    return value
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        if 10**12 <= abs(value) < 10**19 and _luhn_ok(str(abs(value))):
+            return REDACTED
+        return value
+    # Anything else (exception objects, Decimal, datetime...) is serialised as its str().
+    return redact_text(str(value))
 
 
 def redact_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
