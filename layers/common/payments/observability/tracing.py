@@ -29,7 +29,8 @@ Exporters, chosen by configuration and imported only when configured (cold start
     `https://xray.<AWS_REGION>.amazonaws.com/v1/traces` (override: `XRAY_OTLP_ENDPOINT`),
     every request signed with SigV4 (service `xray`) using the function's credentials.
     Requires CloudWatch Transaction Search to be enabled in the account and the function role
-    to be allowed to send spans to X-Ray (xray:PutSpans and xray:PutTraceSegments).
+    to be allowed to send spans to X-Ray (AWSXrayWriteOnlyAccess; check the X-Ray OTLP
+    endpoint documentation for the exact IAM actions).
 
 X-Ray choice: the SigV4-signed OTLP endpoint, not the X-Ray daemon's UDP emitter. The same
 OTLP protobuf spans go to every backend (one encoder, no translation to X-Ray segment
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -203,6 +205,7 @@ _configured = False
 _flush_thread: threading.Thread | None = None
 _step_span: ContextVar[trace.Span | None] = ContextVar("payments_step_span", default=None)
 
+_log = logging.getLogger(__name__)
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -229,6 +232,11 @@ def setup(service_name: str, *, exporters: Sequence[SpanExporter] | None = None)
             _provider.add_span_processor(_processors)
             trace.set_tracer_provider(_provider)
             set_global_textmap(_PROPAGATOR)
+            if trace.get_tracer_provider() is not _provider:
+                _log.warning(
+                    "another global TracerProvider was installed first: spans of "
+                    "trace.get_tracer() callers will not reach the configured exporters"
+                )
         _sampler.delegate = sampler
         _processors.replace([BatchSpanProcessor(exporter) for exporter in chosen])
         _configured = True
@@ -245,8 +253,9 @@ def reset_for_tests() -> None:
 
 
 def get_tracer(name: str = "payments") -> trace.Tracer:
-    """A tracer of the global provider (the one `setup()` installed)."""
-    return trace.get_tracer(name)
+    """A tracer of the provider `setup()` installed (also the global one)."""
+    provider = _provider
+    return provider.get_tracer(name) if provider is not None else trace.get_tracer(name)
 
 
 def _env(name: str) -> str:
