@@ -52,9 +52,15 @@ KEY = ApiKey(key_id="mk_test", merchant_id="merch_1", secret="s3cret")
 
 def _auth(signature: str, ts: str, body: bytes, now: float, key_id: str = "mk_test") -> str:
     return authenticate(
-        key_id=key_id, timestamp=ts, signature=signature, method="POST",
-        path="/api/v1/payments", body=body,
-        lookup=lambda k: KEY if k == "mk_test" else None, tolerance_seconds=300, now=now,
+        key_id=key_id,
+        timestamp=ts,
+        signature=signature,
+        method="POST",
+        path="/api/v1/payments",
+        body=body,
+        lookup=lambda k: KEY if k == "mk_test" else None,
+        tolerance_seconds=300,
+        now=now,
     ).merchant_id
 
 
@@ -78,7 +84,9 @@ def test_signature_formula_is_the_documented_one() -> None:
     import hashlib
     import hmac
 
-    expected = hmac.new(b"s3cret", b"1700000000.POST./api/v1/payments.{}", hashlib.sha256).hexdigest()
+    expected = hmac.new(
+        b"s3cret", b"1700000000.POST./api/v1/payments.{}", hashlib.sha256
+    ).hexdigest()
     assert sign("s3cret", "1700000000", "post", "/api/v1/payments", b"{}") == expected
 
 
@@ -95,7 +103,9 @@ def test_signature_formula_is_the_documented_one() -> None:
         ("IR", 500_000, 11, RiskDecision.REJECT, 100),
     ],
 )
-def test_risk_rules(country: str, amount: int, recent: int, decision: RiskDecision, score: int) -> None:
+def test_risk_rules(
+    country: str, amount: int, recent: int, decision: RiskDecision, score: int
+) -> None:
     payment = {"amount": amount, "customer": {"id": "cus_1", "country": country}}
     result = assess(payment, Settings(), lambda _c: recent)
     assert (result.decision, result.score) == (decision, score)
@@ -103,11 +113,22 @@ def test_risk_rules(country: str, amount: int, recent: int, decision: RiskDecisi
 
 def test_risk_rules_are_configurable_from_the_environment() -> None:
     settings = Settings.from_environ(
-        {"RISK_BLOCKED_COUNTRIES": "ru, by", "RISK_REVIEW_AMOUNT_MINOR": "100", "RISK_VELOCITY_LIMIT": "2"}
+        {
+            "RISK_BLOCKED_COUNTRIES": "ru, by",
+            "RISK_REVIEW_AMOUNT_MINOR": "100",
+            "RISK_VELOCITY_LIMIT": "2",
+        }
     )
     assert settings.risk_blocked_countries == frozenset({"RU", "BY"})
-    assert assess({"amount": 100, "customer": {"country": "US"}}, settings, lambda _c: 0).score == 60
-    assert assess({"amount": 1, "customer": {"id": "c", "country": "RU"}}, settings, lambda _c: 3).score == 100
+    assert (
+        assess({"amount": 100, "customer": {"country": "US"}}, settings, lambda _c: 0).score == 60
+    )
+    assert (
+        assess(
+            {"amount": 1, "customer": {"id": "c", "country": "RU"}}, settings, lambda _c: 3
+        ).score
+        == 100
+    )
 
 
 def test_invalid_settings_fail_at_cold_start() -> None:
