@@ -38,7 +38,11 @@ def api_event(
     all_headers = {"content-type": "application/json"}
     if signed:
         all_headers.update(
-            {"x-api-key": key, "x-timestamp": ts, "x-signature": sign(secret, ts, method, path, raw)}
+            {
+                "x-api-key": key,
+                "x-timestamp": ts,
+                "x-signature": sign(secret, ts, method, path, raw),
+            }
         )
     all_headers.update({k.lower(): v for k, v in (headers or {}).items()})
     return {
@@ -76,7 +80,11 @@ def payment_body(**overrides: Any) -> dict[str, Any]:
         "amount": 1999,
         "currency": "USD",
         "payment_method": "pm_card_visa",
-        "customer": {"id": f"cus_{uuid.uuid4().hex[:8]}", "email": "jane@example.com", "country": "US"},
+        "customer": {
+            "id": f"cus_{uuid.uuid4().hex[:8]}",
+            "email": "jane@example.com",
+            "country": "US",
+        },
     }
     body.update(overrides)
     return body

@@ -28,34 +28,50 @@ class Platform:
         assert error is None, error
         return result
 
-    def call(self, function: str, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def call(
+        self, function: str, event: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
         result = self.invoke(function, event)
         return result["statusCode"], json.loads(result["body"]), result["headers"]
 
     def pay(self, **overrides: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
         headers = overrides.pop("headers", None)
-        event = api_event("POST", "/api/v1/payments", body=payment_body(**overrides), headers=headers)
+        event = api_event(
+            "POST", "/api/v1/payments", body=payment_body(**overrides), headers=headers
+        )
         return self.call("CreatePaymentFunction", event)
 
-    def refund(self, payment_no: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def refund(
+        self, payment_no: str, body: Any, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
         path = f"/api/v1/payments/{payment_no}/refunds"
         event = api_event(
-            "POST", "/api/v1/payments/{payment_no}/refunds", path=path, body=body,
-            path_params={"payment_no": payment_no}, headers=headers,
+            "POST",
+            "/api/v1/payments/{payment_no}/refunds",
+            path=path,
+            body=body,
+            path_params={"payment_no": payment_no},
+            headers=headers,
         )
         return self.call("RefundFunction", event)
 
     def get_payment(self, payment_no: str, **kw: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
         event = api_event(
-            "GET", "/api/v1/payments/{payment_no}", path=f"/api/v1/payments/{payment_no}",
-            path_params={"payment_no": payment_no}, **kw,
+            "GET",
+            "/api/v1/payments/{payment_no}",
+            path=f"/api/v1/payments/{payment_no}",
+            path_params={"payment_no": payment_no},
+            **kw,
         )
         return self.call("CreatePaymentFunction", event)
 
     def get_order(self, order_no: str, **kw: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
         event = api_event(
-            "GET", "/api/v1/orders/{order_no}", path=f"/api/v1/orders/{order_no}",
-            path_params={"order_no": order_no}, **kw,
+            "GET",
+            "/api/v1/orders/{order_no}",
+            path=f"/api/v1/orders/{order_no}",
+            path_params={"order_no": order_no},
+            **kw,
         )
         return self.call("CreatePaymentFunction", event)
 
@@ -64,7 +80,9 @@ class Platform:
         return list(data["data"] if isinstance(data, dict) else data)
 
     def fault(self, mode: str, **kw: Any) -> None:
-        response = requests.post(f"{self.stripe.url}/_sim/fault", json={"mode": mode, **kw}, timeout=5)
+        response = requests.post(
+            f"{self.stripe.url}/_sim/fault", json={"mode": mode, **kw}, timeout=5
+        )
         response.raise_for_status()
 
     def item(self, pk: str, sk: str) -> dict[str, Any] | None:

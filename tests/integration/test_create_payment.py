@@ -139,7 +139,10 @@ def test_velocity_rule(platform: Platform) -> None:
 
 @pytest.mark.parametrize(
     ("method", "code"),
-    [("pm_card_chargeDeclined", "card_declined"), ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds")],
+    [
+        ("pm_card_chargeDeclined", "card_declined"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+    ],
 )
 def test_channel_declined_cancels_order(platform: Platform, method: str, code: str) -> None:
     before = metric("payment_total", status="failed")
@@ -189,9 +192,14 @@ def test_idempotent_replay_returns_first_response_without_second_charge(platform
     assert strip(first[1]) == strip(second[1])
     ref = first[1]["channel_reference"]
     assert sum(1 for i in platform.intents() if i["id"] == ref) == 1
-    assert sum(
-        1 for i in platform.intents() if i.get("metadata", {}).get("payment_no") == first[1]["payment_no"]
-    ) == 1
+    assert (
+        sum(
+            1
+            for i in platform.intents()
+            if i.get("metadata", {}).get("payment_no") == first[1]["payment_no"]
+        )
+        == 1
+    )
 
 
 def test_idempotency_key_reused_with_other_body(platform: Platform) -> None:
@@ -242,8 +250,11 @@ def test_get_payment_and_other_merchant_sees_404(platform: Platform) -> None:
     platform.aws.client("dynamodb").put_item(
         TableName=table,
         Item={
-            "pk": {"S": "APIKEY#mk_other"}, "sk": {"S": "APIKEY"}, "merchant_id": {"S": "merch_other"},
-            "secret": {"S": "sk_other"}, "status": {"S": "active"},
+            "pk": {"S": "APIKEY#mk_other"},
+            "sk": {"S": "APIKEY"},
+            "merchant_id": {"S": "merch_other"},
+            "secret": {"S": "sk_other"},
+            "status": {"S": "active"},
         },
     )
     status, body, _ = platform.get_payment(created["payment_no"], key="mk_other", secret="sk_other")
@@ -266,6 +277,11 @@ def test_unknown_route_and_wrong_method(platform: Platform) -> None:
 
 
 def test_health(platform: Platform) -> None:
-    status, body, _ = platform.call("CreatePaymentFunction", api_event("GET", "/health", signed=False))
+    status, body, _ = platform.call(
+        "CreatePaymentFunction", api_event("GET", "/health", signed=False)
+    )
     assert status == 200 and body["status"] == "ok"
-    assert body["checks"]["storage"] == "ok" and body["checks"]["circuit_breakers"]["stripe"] == "closed"
+    assert (
+        body["checks"]["storage"] == "ok"
+        and body["checks"]["circuit_breakers"]["stripe"] == "closed"
+    )

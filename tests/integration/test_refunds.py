@@ -19,14 +19,18 @@ def _paid(platform: Platform, amount: int = 1000, **kw: Any) -> dict[str, Any]:
 def test_partial_then_full_refund(platform: Platform) -> None:
     payment = _paid(platform, 1000)
     before = metric("refund_total", status="partial_success", currency="USD")
-    status, body, headers = platform.refund(payment["payment_no"], {"amount": 300, "reason": "requested_by_customer"})
+    status, body, headers = platform.refund(
+        payment["payment_no"], {"amount": 300, "reason": "requested_by_customer"}
+    )
     assert status == 201, body
     assert body["payment_status"] == "partially_refunded" and body["refunded_amount"] == 300
     assert body["status"] == "succeeded" and body["refund_no"].startswith("re_")
     assert body["trace_id"] == headers["X-Trace-ID"]
     assert metric("refund_total", status="partial_success", currency="USD") == before + 1
     status, body, _ = platform.refund(payment["payment_no"], {"amount": 700})
-    assert status == 201 and body["payment_status"] == "refunded" and body["refunded_amount"] == 1000
+    assert (
+        status == 201 and body["payment_status"] == "refunded" and body["refunded_amount"] == 1000
+    )
     _, got, _ = platform.get_payment(payment["payment_no"])
     assert got["status"] == "refunded" and got["refunded_amount"] == 1000
     assert sorted(r["amount"] for r in got["refunds"]) == [300, 700]
@@ -89,7 +93,11 @@ def test_refund_when_provider_unavailable_releases_reservation(platform: Platfor
     payment = _paid(platform, 1000)
     platform.fault("error")
     status, body, headers = platform.refund(payment["payment_no"], {"amount": 1000})
-    assert status == 503 and body["error"]["code"] == "channel_unavailable" and "Retry-After" in headers
+    assert (
+        status == 503
+        and body["error"]["code"] == "channel_unavailable"
+        and "Retry-After" in headers
+    )
     platform.fault("none")
     status, body, _ = platform.refund(payment["payment_no"], {"amount": 1000})
     assert status == 201 and body["payment_status"] == "refunded"
@@ -117,7 +125,9 @@ def test_concurrent_partial_refunds_never_exceed_captured_amount(platform: Platf
     payment = _paid(platform, 1000)
     # 24 concurrent refunds of 70 = 1680 asked for 1000 captured: at most 14 can succeed.
     with ThreadPoolExecutor(max_workers=24) as pool:
-        results = list(pool.map(lambda _: platform.refund(payment["payment_no"], {"amount": 70}), range(24)))
+        results = list(
+            pool.map(lambda _: platform.refund(payment["payment_no"], {"amount": 70}), range(24))
+        )
     codes = [status for status, _, _ in results]
     assert set(codes) <= {201, 422}, codes
     succeeded = codes.count(201)
