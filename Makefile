@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv run test test-unit lint build invoke bench load observe clean
+.PHONY: help venv run test lint build invoke bench load observe prometheus clean
 
 help:
 	@echo "make run     set up and run the platform locally on http://127.0.0.1:$${PAYMENTS_PORT:-3000}"
@@ -40,8 +40,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+# Real Prometheus (with promtool) for the rule tests and the metrics integration test.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "installing prometheus (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null; }
+
+test: lint prometheus
 	$(PY) -m pytest
+
+observe: $(STAMP) prometheus
+	$(PY) -m local.observe
 
 build: $(STAMP)
 	PATH=$(dir $(PY312)):$$PATH $(VENV)/bin/sam build --parallel
