@@ -18,6 +18,7 @@ import importlib.util
 import itertools
 import json
 import os
+import sys
 import threading
 import time
 import traceback
@@ -31,6 +32,19 @@ from local.template import Function, Template
 
 Handler = Callable[[Any, Any], Any]
 _counter = itertools.count(1)
+
+# A new runtime is a new deployment, but layer modules are shared by the whole process:
+# drop what they cached from an earlier runtime (boto3 clients bound to an old endpoint,
+# Stripe clients bound to an old simulator URL). Called only if already imported.
+LAYER_RESET_HOOKS = (("payments.services", "reset"), ("payments.channel", "reset_channels"))
+
+
+def reset_layer_caches() -> None:
+    for module_name, attr in LAYER_RESET_HOOKS:
+        module = sys.modules.get(module_name)
+        hook = getattr(module, attr, None)
+        if callable(hook):
+            hook()
 
 
 @dataclass
@@ -78,6 +92,7 @@ class LambdaRuntime:
             self.env.update(fn.environment)
         self.env.update(env_overrides or {})
         os.environ.update(self.env)
+        reset_layer_caches()
         self._idle: dict[str, list[Handler]] = {}
         self._lock = threading.Lock()
         self.cold_starts: dict[str, int] = {}

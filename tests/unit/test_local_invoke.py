@@ -1,0 +1,73 @@
+"""`python -m local.invoke`: one function, one event, fresh emulator; exit codes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from local.invoke import load_event, main, refresh_signature
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the template, functions and events/sign.py are repo-relative
+
+
+def test_risk_check_event_prints_result(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["risk_check", "events/risk_check.json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] in ("approve", "review", "reject")
+
+
+def test_stale_api_event_is_resigned(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["CreatePaymentFunction", "events/create_payment_success.json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["statusCode"] == 201, result
+
+
+def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["nope", "events/health.json"]) == 2
+    assert "unknown function 'nope'" in capsys.readouterr().err
+    assert main(["order", str(tmp_path / "missing.json")]) == 2
+    assert "not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["order", str(bad)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    bad.write_text("[1]")
+    assert main(["order", str(bad)]) == 2
+    assert main(["only-one"]) == 2
+
+
+def test_function_error_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    event = tmp_path / "empty.json"
+    event.write_text("{}")
+    code = main(["order", str(event)])
+    out = json.loads(capsys.readouterr().out)
+    if code == 1:  # the handler raised: the Lambda error payload is printed
+        assert {"errorType", "errorMessage", "stackTrace"} <= out.keys()
+    else:
+        assert code == 0
+
+
+def test_refresh_signature_only_for_the_demo_key() -> None:
+    stale = {
+        "headers": {"x-api-key": "mk_demo", "x-timestamp": "1"},
+        "rawPath": "/x",
+        "requestContext": {"http": {"method": "GET", "path": "/x"}},
+    }
+    fresh = refresh_signature(stale, "mk_demo", "sk_demo_secret")
+    assert abs(int(fresh["headers"]["x-timestamp"]) - time.time()) < 5
+    assert len(fresh["headers"]["x-signature"]) == 64
+    other = {"headers": {"x-api-key": "mk_other", "x-timestamp": "1"}}
+    assert refresh_signature(other, "mk_demo", "s") is other
+    assert refresh_signature({"body": "x"}, "mk_demo", "s") == {"body": "x"}
+
+
+def test_load_event_object() -> None:
+    assert load_event("events/health.json")["version"] == "2.0"
