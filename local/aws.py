@@ -46,6 +46,7 @@ Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
+KEEP_EXECUTIONS = 1000  # per state machine, newest kept (load tests run many thousands)
 _INVOKE = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 # moto accepts any credentials; these mark the traffic as local.
 _FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -196,6 +197,7 @@ def start_sync_execution(sm_arn: str, input_json: str | None, name: str | None) 
         activity_store={},
     )
     sm.executions.append(execution)  # visible to DescribeExecution/ListExecutions
+    del sm.executions[:-KEEP_EXECUTIONS]  # each holds its whole program state: bound memory
     began = time.monotonic()
     execution.start()  # SyncExecutionWorker runs the program inline
     out: dict[str, Any] = dict(execution.to_start_sync_execution_output())

@@ -126,10 +126,6 @@ def _construct_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dic
 _Loader.add_multi_constructor("!", _construct_tag)
 
 
-def _conditions_true(doc: Mapping[str, Any], resolver: _Resolver) -> dict[str, bool]:
-    return {name: bool(resolver.resolve(body)) for name, body in doc.get("Conditions", {}).items()}
-
-
 class _Resolver:
     """Evaluates intrinsics for local use; unknown constructs resolve to an empty string."""
 
@@ -140,8 +136,13 @@ class _Resolver:
             name: str(overrides.get(name, spec.get("Default", "")))
             for name, spec in doc.get("Parameters", {}).items()
         }
-        self.conditions: dict[str, bool] = {}
-        self.conditions = _conditions_true(doc, self)
+        self._conditions: dict[str, bool] = {}
+
+    def condition(self, name: str) -> bool:
+        """Evaluated on first use, so conditions may refer to each other in any order."""
+        if name not in self._conditions:
+            self._conditions[name] = bool(self.resolve(self.doc.get("Conditions", {})[name]))
+        return self._conditions[name]
 
     def physical_name(self, logical_id: str) -> str:
         res = self.resources.get(logical_id, {})
@@ -216,7 +217,7 @@ class _Resolver:
         if key == "Fn::Split":
             return str(self.resolve(arg[1])).split(str(arg[0]))
         if key == "Fn::If":
-            return self.resolve(arg[1] if self.conditions.get(arg[0]) else arg[2])
+            return self.resolve(arg[1] if self.condition(str(arg[0])) else arg[2])
         if key == "Fn::Equals":
             return self.resolve(arg[0]) == self.resolve(arg[1])
         if key == "Fn::Not":
@@ -226,7 +227,7 @@ class _Resolver:
         if key == "Fn::Or":
             return any(self.resolve(a) for a in arg)
         if key == "Condition":
-            return self.conditions.get(str(arg), False)
+            return self.condition(str(arg))
         if key == "Fn::FindInMap":
             m, k1, k2 = (self.resolve(a) for a in arg)
             return self.doc.get("Mappings", {})[m][k1][k2]
