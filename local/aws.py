@@ -35,6 +35,7 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.stepfunctions.parser.api import StateMachineType
 from moto.stepfunctions.parser.backend.execution import SyncExecution
 from moto.stepfunctions.responses import get_backend
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -161,7 +162,12 @@ class AwsMiddleware:
     def _start_sync(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
         try:
             req = json.loads(_read_body(environ) or b"{}")
-            output = start_sync_execution(req["stateMachineArn"], req.get("input"), req.get("name"))
+            output = start_sync_execution(
+                req["stateMachineArn"], req.get("input"), req.get("name"), req.get("traceHeader")
+            )
+        except TypeError as exc:  # AWS allows StartSyncExecution on EXPRESS only
+            err = {"__type": "StateMachineTypeNotSupported", "message": str(exc)}
+            return _json_response(start_response, "400 Bad Request", err)
         except LookupError as exc:
             err = {"__type": "StateMachineDoesNotExist", "message": str(exc)}
             return _json_response(start_response, "400 Bad Request", err)
@@ -171,12 +177,17 @@ class AwsMiddleware:
         return _json_response(start_response, "200 OK", output)
 
 
-def start_sync_execution(sm_arn: str, input_json: str | None, name: str | None) -> dict[str, Any]:
+def start_sync_execution(
+    sm_arn: str, input_json: str | None, name: str | None, trace_header: str | None = None
+) -> dict[str, Any]:
     """Run an Express execution to completion in this thread with moto's interpreter."""
     backend = get_backend(ACCOUNT, REGION)
     sm: Any = next((s for s in backend.state_machines if s.arn == sm_arn), None)
     if sm is None:
         raise LookupError(f"State Machine Does Not Exist: '{sm_arn}'")
+    # moto keeps the real type in .type (its .sm_type is always "STANDARD").
+    if str(sm.type).upper() != "EXPRESS":
+        raise TypeError("This operation is not supported by this type of state machine")
     input_data = input_json if input_json is not None else "{}"
     json.loads(input_data)  # ValueError → InvalidExecutionInput, as AWS
     exec_name = name or uuid.uuid4().hex
@@ -184,7 +195,7 @@ def start_sync_execution(sm_arn: str, input_json: str | None, name: str | None) 
     clone = copy.deepcopy(sm, {id(sm.executions): [], id(sm.backend): sm.backend})
     execution = SyncExecution(
         name=exec_name,
-        sm_type=clone.sm_type,
+        sm_type=StateMachineType.EXPRESS,
         role_arn=clone.roleArn,
         exec_arn=f"arn:aws:states:{REGION}:{ACCOUNT}:express:{sm.name}:{exec_name}:{uuid.uuid4()}",
         account_id=ACCOUNT,
@@ -193,7 +204,7 @@ def start_sync_execution(sm_arn: str, input_json: str | None, name: str | None) 
         start_date=datetime.datetime.now(tz=datetime.UTC),
         cloud_watch_logging_session=None,
         input_data=input_data,
-        trace_header=None,
+        trace_header=trace_header,
         activity_store={},
     )
     sm.executions.append(execution)  # visible to DescribeExecution/ListExecutions

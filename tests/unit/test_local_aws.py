@@ -239,6 +239,15 @@ def test_invoke_routes_to_given_runtime(tmp_path: Path) -> None:
             == 202
         )
         assert handle.state_machine_arn is None
+        sfn = handle.client("stepfunctions")
+        std = sfn.create_state_machine(
+            name="std",
+            definition=json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}),
+            roleArn="arn:aws:iam::123456789012:role/x",
+        )
+        with pytest.raises(ClientError) as exc:
+            sfn.start_sync_execution(stateMachineArn=std["stateMachineArn"], input="{}")
+        assert exc.value.response["Error"]["Code"] == "StateMachineTypeNotSupported"
     finally:
         handle.stop()
     assert fake.calls[0] == ("Anything", {"k": 2})
