@@ -1,0 +1,112 @@
+"""payctl: the merchant CLI. Signs requests like a merchant integration would.
+
+    bin/payctl pay --amount 1999 --currency USD --payment-method pm_card_visa
+    bin/payctl get pay_...          bin/payctl order ord_...
+    bin/payctl refund pay_... --amount 500
+    bin/payctl trace <trace_id>     (span tree from the local stack's trace file)
+
+Environment: PAYMENTS_URL (default http://127.0.0.1:3000), PAYMENTS_KEY / PAYMENTS_SECRET
+(default the local demo merchant mk_demo / sk_demo_secret).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+import requests
+
+from payments.auth import sign
+
+
+def _send(method: str, path: str, body: dict[str, Any] | None, idempotency_key: str | None) -> int:
+    base = os.environ.get("PAYMENTS_URL", "http://127.0.0.1:3000").rstrip("/")
+    key = os.environ.get("PAYMENTS_KEY", os.environ.get("LOCAL_MERCHANT_KEY", "mk_demo"))
+    secret = os.environ.get(
+        "PAYMENTS_SECRET", os.environ.get("LOCAL_MERCHANT_SECRET", "sk_demo_secret")
+    )
+    raw = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "X-API-Key": key,
+        "X-Timestamp": timestamp,
+        "X-Signature": sign(secret, timestamp, method, path, raw),
+    }
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    try:
+        response = requests.request(method, base + path, data=raw, headers=headers, timeout=35)
+    except requests.ConnectionError:
+        print(f"payctl: cannot reach {base} (is `make run` running?)", file=sys.stderr)
+        return 2
+    print(f"HTTP {response.status_code}  X-Trace-ID: {response.headers.get('X-Trace-ID', '-')}")
+    try:
+        print(json.dumps(response.json(), indent=2))
+    except ValueError:
+        print(response.text)
+    return 0 if response.ok else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="payctl", description="Merchant CLI (signed requests)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    pay = sub.add_parser("pay", help="create a payment")
+    pay.add_argument("--amount", type=int, required=True, help="minor units (1999 = $19.99)")
+    pay.add_argument("--currency", default="USD")
+    pay.add_argument("--payment-method", default="pm_card_visa")
+    pay.add_argument("--order-no", default=None, help="merchant_order_no (default: random)")
+    pay.add_argument("--customer-id", default=None)
+    pay.add_argument("--country", default=None)
+    pay.add_argument("--idempotency-key", default=None)
+    get = sub.add_parser("get", help="look up a payment")
+    get.add_argument("payment_no")
+    order = sub.add_parser("order", help="look up an order")
+    order.add_argument("order_no")
+    refund = sub.add_parser("refund", help="refund a payment (full or partial)")
+    refund.add_argument("payment_no")
+    refund.add_argument("--amount", type=int, required=True)
+    refund.add_argument("--reason", default=None)
+    refund.add_argument("--idempotency-key", default=None)
+    trace = sub.add_parser("trace", help="print the span tree of a trace")
+    trace.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "pay":
+        customer = {
+            k: v for k, v in {"id": args.customer_id, "country": args.country}.items() if v
+        }
+        body: dict[str, Any] = {
+            "merchant_order_no": args.order_no or f"cli-{uuid.uuid4().hex[:12]}",
+            "amount": args.amount,
+            "currency": args.currency,
+            "payment_method": args.payment_method,
+        }
+        if customer:
+            body["customer"] = customer
+        return _send("POST", "/api/v1/payments", body, args.idempotency_key)
+    if args.command == "get":
+        return _send("GET", f"/api/v1/payments/{args.payment_no}", None, None)
+    if args.command == "order":
+        return _send("GET", f"/api/v1/orders/{args.order_no}", None, None)
+    if args.command == "refund":
+        refund_body: dict[str, Any] = {"amount": args.amount}
+        if args.reason:
+            refund_body["reason"] = args.reason
+        path = f"/api/v1/payments/{args.payment_no}/refunds"
+        return _send("POST", path, refund_body, args.idempotency_key)
+    from local.trace_view import main as trace_main
+
+    return trace_main(list(args.rest))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
