@@ -274,6 +274,10 @@ def test_unknown_route_and_wrong_method(platform: Platform) -> None:
     event["routeKey"] = "$default"
     status, body, headers = platform.call("CreatePaymentFunction", event)
     assert status == 405 and headers["Allow"] == "POST"
+    event = api_event("GET", "$default", path="/api/v1/payments/pay_1/refunds")
+    event["routeKey"] = "$default"
+    status, _, headers = platform.call("CreatePaymentFunction", event)
+    assert status == 405 and headers["Allow"] == "POST"
 
 
 def test_health(platform: Platform) -> None:

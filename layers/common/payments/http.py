@@ -107,8 +107,11 @@ RouteHandler = Callable[[ApiRequest], dict[str, Any]]
 class Router:
     """Routes (method, route template) to a function; maps every error in one place."""
 
-    def __init__(self) -> None:
+    def __init__(self, served_elsewhere: frozenset[tuple[str, str]] = frozenset()) -> None:
         self._routes: dict[tuple[str, str], RouteHandler] = {}
+        # Routes of other functions of the same API, so the `$default` catch-all can tell
+        # "wrong method" (405) from "no such path" (404) for them too.
+        self._elsewhere = served_elsewhere
 
     def route(self, method: str, template: str) -> Callable[[RouteHandler], RouteHandler]:
         def register(fn: RouteHandler) -> RouteHandler:
@@ -122,7 +125,8 @@ class Router:
         if handler:
             return handler
         # `$default` (or an unknown route key): decide 404 vs 405 from the raw path.
-        allowed = [m for (m, t) in self._routes if _template_matches(t, request.path)]
+        routes = [*self._routes, *self._elsewhere]
+        allowed = [m for (m, t) in routes if _template_matches(t, request.path)]
         if allowed:
             raise MethodNotAllowed(headers={"Allow": ", ".join(sorted(allowed))})
         raise NotFound("No such route.")
