@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from payments import money
@@ -12,15 +12,6 @@ from payments.errors import AmountExceeded, DuplicateOrder, InvalidStatus, Payme
 from payments.observability import metrics
 
 UNKNOWN = "unknown"
-
-_PAYMENT_ERROR_STATUS = {
-    "duplicate_order": "duplicate",
-    "risk_rejected": "risk_rejected",
-}
-_REFUND_ERROR_STATUS = {
-    InvalidStatus.code: "invalid_status",
-    AmountExceeded.code: "amount_exceeded",
-}
 
 
 @dataclass
@@ -30,73 +21,72 @@ class Attempt:
     channel: str = UNKNOWN
     amount_minor: int | None = None
 
+    @property
+    def currency_label(self) -> str:
+        """Only supported currencies become labels: bad input must not create series."""
+        return self.currency if self.currency in money.CURRENCY_EXPONENTS else UNKNOWN
 
-def _label(value: str, allowed: object) -> str:
-    """Only known values become labels: bad input must not create series."""
-    return value if isinstance(allowed, dict | frozenset | set) and value in allowed else UNKNOWN
+    def major_amount(self) -> float | None:
+        if self.amount_minor is None or self.currency_label == UNKNOWN:
+            return None
+        return float(money.to_major(self.amount_minor, self.currency))
 
 
-def _status_for_payment_error(err: Exception) -> str:
-    if isinstance(err, PaymentError):
-        if isinstance(err, DuplicateOrder):
-            return "duplicate"
-        if err.status in (400, 401, 404, 405, 413, 422):
-            return "invalid"
-        return _PAYMENT_ERROR_STATUS.get(err.code, "failed")
+def _payment_status(err: Exception) -> str:
+    if isinstance(err, DuplicateOrder):
+        return "duplicate"
+    if isinstance(err, PaymentError) and err.status in (400, 401, 404, 405, 413, 422):
+        return "invalid"
+    return "failed"
+
+
+def _refund_status(err: Exception) -> str:
+    if isinstance(err, InvalidStatus):
+        return "invalid_status"
+    if isinstance(err, AmountExceeded):
+        return "amount_exceeded"
+    if isinstance(err, PaymentError) and err.status in (400, 413):
+        return "invalid_amount"
     return "failed"
 
 
 @contextmanager
-def payment_attempt() -> Iterator[Attempt]:
+def _attempt(
+    classify: Callable[[Exception], str], record: Callable[[Attempt, str, float], None]
+) -> Iterator[Attempt]:
     attempt = Attempt()
     started = time.perf_counter()
     try:
         yield attempt
     except Exception as err:
-        attempt.status = _status_for_payment_error(err)
+        attempt.status = classify(err)
         raise
     finally:
-        status = attempt.status or "failed"
-        currency = _label(attempt.currency, money.CURRENCY_EXPONENTS)
-        channel = attempt.channel if currency != UNKNOWN else UNKNOWN
-        metrics.PAYMENT_TOTAL.inc(status=status, channel=channel, currency=currency)
-        metrics.PAYMENT_DURATION.observe(
-            time.perf_counter() - started, operation="create", status=status
-        )
-        if status == "success" and attempt.amount_minor is not None:
-            metrics.PAYMENT_AMOUNT.observe(
-                float(money.to_major(attempt.amount_minor, attempt.currency)),
-                currency=currency,
-                channel=channel,
-            )
+        record(attempt, attempt.status or "failed", time.perf_counter() - started)
 
 
-def _status_for_refund_error(err: Exception) -> str:
-    if isinstance(err, PaymentError):
-        if err.code in _REFUND_ERROR_STATUS:
-            return _REFUND_ERROR_STATUS[err.code]
-        if err.status in (400, 413):
-            return "invalid_amount"
-    return "failed"
+def _record_payment(attempt: Attempt, status: str, seconds: float) -> None:
+    currency = attempt.currency_label
+    channel = attempt.channel if currency != UNKNOWN else UNKNOWN
+    metrics.PAYMENT_TOTAL.inc(status=status, channel=channel, currency=currency)
+    metrics.PAYMENT_DURATION.observe(seconds, operation="create", status=status)
+    amount = attempt.major_amount()
+    if status == "success" and amount is not None:
+        metrics.PAYMENT_AMOUNT.observe(amount, currency=currency, channel=channel)
 
 
-@contextmanager
-def refund_attempt() -> Iterator[Attempt]:
-    attempt = Attempt()
-    started = time.perf_counter()
-    try:
-        yield attempt
-    except Exception as err:
-        attempt.status = _status_for_refund_error(err)
-        raise
-    finally:
-        status = attempt.status or "failed"
-        currency = _label(attempt.currency, money.CURRENCY_EXPONENTS)
-        metrics.REFUND_TOTAL.inc(status=status, currency=currency)
-        metrics.PAYMENT_DURATION.observe(
-            time.perf_counter() - started, operation="refund", status=status
-        )
-        if status in ("success", "partial_success") and attempt.amount_minor is not None:
-            metrics.REFUND_AMOUNT.observe(
-                float(money.to_major(attempt.amount_minor, attempt.currency)), currency=currency
-            )
+def _record_refund(attempt: Attempt, status: str, seconds: float) -> None:
+    currency = attempt.currency_label
+    metrics.REFUND_TOTAL.inc(status=status, currency=currency)
+    metrics.PAYMENT_DURATION.observe(seconds, operation="refund", status=status)
+    amount = attempt.major_amount()
+    if status in ("success", "partial_success") and amount is not None:
+        metrics.REFUND_AMOUNT.observe(amount, currency=currency)
+
+
+def payment_attempt() -> AbstractContextManager[Attempt]:
+    return _attempt(_payment_status, _record_payment)
+
+
+def refund_attempt() -> AbstractContextManager[Attempt]:
+    return _attempt(_refund_status, _record_refund)
