@@ -592,3 +592,18 @@ def test_metric_recording_failure_does_not_fail_the_request(
 
     monkeypatch.setattr(metrics.HTTP_REQUESTS_TOTAL, "inc", broken)
     assert respond()(api_event(), Context())["statusCode"] == 201
+
+
+def test_task_logs_carry_payment_and_merchant(
+    spans: InMemorySpanExporter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    @instrument("risk-service")
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        logger.info("scored")
+        return {}
+
+    event, trace_id, _ = task_event()
+    handler(event, Context())
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert line["payment_no"] == "PAY1" and line["merchant_id"] == "M1"
+    assert line["trace_id"] == trace_id

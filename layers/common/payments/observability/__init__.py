@@ -75,6 +75,10 @@ def instrument(service: str) -> Callable[[Handler], Handler]:
                 if isinstance(event, dict) and _is_http_api(event):
                     return _invoke_http(handler, event, context, invocation)
                 if isinstance(event, dict) and isinstance(event.get("step"), str):
+                    payment = event.get("payment") or {}
+                    _logging.logger.append_keys(
+                        payment_no=payment.get("payment_no"), merchant_id=payment.get("merchant_id")
+                    )
                     return _invoke_task(service, handler, event, context, invocation)
                 with _span(service, SpanKind.SERVER, invocation):
                     return handler(event, context)
