@@ -45,6 +45,9 @@ KEY_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("resend", "http.request.resend_count"),
 )
 
+# Identity attributes printed once per branch (the steps repeat the payment's).
+INHERITED = frozenset({"merchant_id", "payment_no", "order_no", "amount", "currency"})
+
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _XRAY = re.compile(r"^1-([0-9a-f]{8})-([0-9a-f]{24})$")
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -124,7 +127,21 @@ def _format_value(value: Any) -> str:
     return text if len(text) <= 48 else text[:45] + "..."
 
 
-def _label(span: Mapping[str, Any], service: str) -> str:
+def _key_attributes(span: Mapping[str, Any], seen: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(label, value) of the key attributes an ancestor line has not shown already."""
+    attributes = span.get("attributes")
+    if not isinstance(attributes, Mapping):
+        return []
+    return [
+        (label, attributes[key])
+        for label, key in KEY_ATTRIBUTES
+        if key in attributes
+        and attributes[key] not in (None, "")
+        and seen.get(key) != attributes[key]
+    ]
+
+
+def _label(span: Mapping[str, Any], service: str, seen: Mapping[str, Any]) -> str:
     parts = [f"{service}: {span.get('name', '?')}"]
     duration = _duration_ms(span)
     parts.append(f"{duration:.1f} ms" if duration is not None else "(unfinished)")
@@ -134,15 +151,9 @@ def _label(span: Mapping[str, Any], service: str) -> str:
     code, description = _status(span)
     if code == "ERROR":
         parts.append(f"ERROR({description})" if description else "ERROR")
-    attributes = span.get("attributes")
-    if isinstance(attributes, Mapping):
-        shown = [
-            f"{label}={_format_value(attributes[key])}"
-            for label, key in KEY_ATTRIBUTES
-            if key in attributes and attributes[key] not in (None, "")
-        ]
-        if shown:
-            parts.append(" ".join(shown))
+    shown = [f"{label}={_format_value(value)}" for label, value in _key_attributes(span, seen)]
+    if shown:
+        parts.append(" ".join(shown))
     exceptions = [
         str((event.get("attributes") or {}).get("exception.type") or "exception")
         for event in span.get("events") or []
@@ -196,6 +207,12 @@ def render_tree(spans: Iterable[Mapping[str, Any]], trace_id: str) -> str:
         raw = str(span.get("service") or "?")
         if _is_service_span(span):
             return str(span["name"])
+        attributes = span.get("attributes")
+        if isinstance(attributes, Mapping) and "step" in attributes:
+            # A workflow step span is opened by the task's Lambda, around its SERVER span.
+            lambdas = [c for c in children.get(str(span.get("span_id")), []) if _is_service_span(c)]
+            if len(lambdas) == 1 and lambdas[0].get("service") == span.get("service"):
+                return str(lambdas[0]["name"])
         if parent_eff is not None and parent_raw == raw:
             return parent_eff  # same process: the nearest Lambda's service
         return raw
@@ -204,25 +221,29 @@ def render_tree(spans: Iterable[Mapping[str, Any]], trace_id: str) -> str:
         span: Mapping[str, Any],
         prefix: str,
         connector: str,
-        parent_raw: str | None,
-        parent_eff: str | None,
+        parent: tuple[str | None, str | None],
+        seen: Mapping[str, Any],
     ) -> None:
-        service = service_of(span, parent_raw, parent_eff)
-        lines.append(prefix + connector + _label(span, service))
+        service = service_of(span, *parent)
+        lines.append(prefix + connector + _label(span, service, seen))
+        attributes = span.get("attributes")
+        if isinstance(attributes, Mapping):
+            seen = {**seen, **{key: attributes[key] for key in INHERITED if key in attributes}}
         kids = children.get(str(span.get("span_id")), [])
         if connector == "":
             child_prefix = prefix
         else:
             child_prefix = prefix + ("   " if connector == "└─ " else "│  ")
+        raw = str(span.get("service") or "?")
         for index, child in enumerate(kids):
             last = index == len(kids) - 1
-            walk(child, child_prefix, "└─ " if last else "├─ ", str(span.get("service")), service)
+            walk(child, child_prefix, "└─ " if last else "├─ ", (raw, service), seen)
 
     for root in roots:
         parent = root.get("parent_span_id")
         if parent:
             lines.append(f"(parent {parent} not in the file)")
-        walk(root, "", "", None, None)
+        walk(root, "", "", (None, None), {})
     return "\n".join(lines)
 
 
