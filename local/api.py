@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -103,6 +104,8 @@ class ApiGateway:
         event = build_event(environ, raw_path, route_key, params, body)
         result, error = self.runtime.invoke(route.function, event)
         if error is not None:
+            # What CloudWatch Logs would show for the crashed invocation.
+            print(json.dumps({"function": route.function, **error}), file=sys.stderr)
             return _json(start_response, 500, {"message": "Internal Server Error"})
         try:
             status, headers, payload = to_http(result)

@@ -87,6 +87,9 @@ def error_payload(exc: BaseException, error_type: str | None = None) -> dict[str
 class LambdaRuntime:
     def __init__(self, template: Template, env_overrides: Mapping[str, str] | None = None) -> None:
         self.template = template
+        for layer_dir in template.layer_dirs:
+            if str(layer_dir) not in sys.path:
+                sys.path.insert(0, str(layer_dir))
         self.env: dict[str, str] = {}
         for fn in template.functions.values():
             self.env.update(fn.environment)

@@ -89,6 +89,7 @@ class Template:
     routes: list[Route]
     tables: dict[str, Table]
     state_machines: dict[str, StateMachine]
+    layer_dirs: list[Path] = field(default_factory=list)
 
     @property
     def state_machine(self) -> StateMachine | None:
@@ -343,4 +344,14 @@ def load_template(
         routes=_routes(res),
         tables=_tables(res),
         state_machines=_state_machines(res, base),
+        layer_dirs=_layer_dirs(res, base),
     )
+
+
+def _layer_dirs(res: _Resolver, base: Path) -> list[Path]:
+    """ContentUri of each layer: Lambda puts a python layer's content on sys.path."""
+    return [
+        (base / str(res.resolve((body.get("Properties") or {}).get("ContentUri", ".")))).resolve()
+        for body in res.resources.values()
+        if body.get("Type") == "AWS::Serverless::LayerVersion"
+    ]

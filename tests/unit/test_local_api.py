@@ -127,12 +127,16 @@ def test_greedy_and_base64_result(api: ApiGateway) -> None:
     assert resp.status_code == 200 and resp.data == b"\x00\x01\x02"
 
 
-def test_crash_is_opaque_500_and_bare_result_is_200(api: ApiGateway) -> None:
+def test_crash_is_opaque_500_and_bare_result_is_200(
+    api: ApiGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
     client = Client(api)
     crash = client.get("/items/1?crash=1")
     assert crash.status_code == 500
     assert crash.json == {"message": "Internal Server Error"}
     assert b"secret" not in crash.data
+    logged = json.loads(capsys.readouterr().err.strip().splitlines()[-1])  # the function's log
+    assert logged["function"] == "EchoFunction" and logged["errorType"] == "RuntimeError"
     bare = client.get("/items/1?bare=1")
     assert bare.status_code == 200 and bare.json == {"bare": True}
 

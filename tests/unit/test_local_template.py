@@ -156,3 +156,13 @@ def test_project_template_routes() -> None:
     assert ("POST", "/api/v1/payments/{payment_no}/refunds") in keys
     sm = tpl.state_machine
     assert sm is not None and sm.type == "EXPRESS" and "${" not in sm.definition()
+
+
+def test_layers_are_importable_like_on_lambda() -> None:
+    root = Path(__file__).resolve().parents[2]
+    template = load_template(root / "template.yaml")
+    assert template.layer_dirs == [root / "layers" / "common"]
+    LambdaRuntime(template)
+    import sys
+
+    assert str(root / "layers" / "common") in sys.path
