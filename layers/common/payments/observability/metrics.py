@@ -30,11 +30,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlsplit
 
-from payments.observability import emf, remote_write
-from payments.observability.remote_write_pb import METRIC_TYPE_COUNTER, METRIC_TYPE_HISTOGRAM
+from payments.observability import emf
+
+if TYPE_CHECKING:
+    # requests, cramjam and protobuf load only when remote write is configured (cold start).
+    from payments.observability import remote_write
 
 PREFIX = "payment_gateway_"
 DEFAULT_NAMESPACE = "PaymentGateway"
@@ -318,6 +321,9 @@ def _collect_series(
     ts: int,
 ) -> tuple[list[remote_write.Series], list[remote_write.Metadata], list[tuple[_Metric, Key]]]:
     """Cumulative state as remote-write series (caller holds _LOCK)."""
+    from payments.observability import remote_write
+    from payments.observability.remote_write_pb import METRIC_TYPE_COUNTER, METRIC_TYPE_HISTOGRAM
+
     series: list[remote_write.Series] = []
     metadata: list[remote_write.Metadata] = []
     keys: list[tuple[_Metric, Key]] = []
@@ -372,6 +378,8 @@ def _remote_write(url: str, deadline: float) -> None:
     timeouts alone cannot. At most one write is in flight: a later flush skips while one
     is still running, and the next successful write carries the cumulative state anyway.
     """
+    from payments.observability import remote_write
+
     outcome: list[remote_write.Outcome] = []
     with _LOCK:
         if _state.inflight is not None and _state.inflight.is_alive():
