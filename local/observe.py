@@ -89,25 +89,25 @@ def prometheus_config(alertmanager_port: int, prometheus_port: int) -> str:
 
 
 def start_monitoring(
-    prometheus_port: int = 9090, alertmanager_port: int = 9093
+    prometheus_port: int = 9090, alertmanager_port: int = 9093, data: Path = DATA
 ) -> list[subprocess.Popen[bytes]]:
     """Alertmanager then Prometheus, both ready; on failure stop what started and raise."""
     prometheus = _binary("prometheus")
     alertmanager = _binary("prometheus-alertmanager", "alertmanager")
-    DATA.mkdir(exist_ok=True)
-    (DATA / "prometheus").mkdir(exist_ok=True)
-    (DATA / "alertmanager").mkdir(exist_ok=True)
-    config = DATA / "prometheus.yml"
+    data.mkdir(exist_ok=True)
+    (data / "prometheus").mkdir(exist_ok=True)
+    (data / "alertmanager").mkdir(exist_ok=True)
+    config = data / "prometheus.yml"
     config.write_text(prometheus_config(alertmanager_port, prometheus_port))
     started: list[subprocess.Popen[bytes]] = []
     try:
-        am_log = DATA / "alertmanager.log"
+        am_log = data / "alertmanager.log"
         started.append(
             _spawn(
                 [
                     alertmanager,
                     f"--config.file={OBSERVABILITY / 'alertmanager.yml'}",
-                    f"--storage.path={DATA / 'alertmanager'}",
+                    f"--storage.path={data / 'alertmanager'}",
                     f"--web.listen-address=127.0.0.1:{alertmanager_port}",
                     "--cluster.listen-address=",  # no gossip port: single local instance
                 ],
@@ -117,13 +117,13 @@ def start_monitoring(
         _wait_ready(
             "alertmanager", f"http://127.0.0.1:{alertmanager_port}/-/ready", started[-1], am_log
         )
-        prom_log = DATA / "prometheus.log"
+        prom_log = data / "prometheus.log"
         started.append(
             _spawn(
                 [
                     prometheus,
                     f"--config.file={config}",
-                    f"--storage.tsdb.path={DATA / 'prometheus'}",
+                    f"--storage.tsdb.path={data / 'prometheus'}",
                     f"--web.listen-address=127.0.0.1:{prometheus_port}",
                     "--web.enable-remote-write-receiver",
                 ],

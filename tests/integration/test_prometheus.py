@@ -364,3 +364,29 @@ def test_every_rule_evaluates_without_error(prometheus: Prometheus, traffic: Tra
     # The recording rules see the traffic (extrapolated rates: ratios only approximately).
     ratio = prometheus.scalar("payment_gateway:payment_success:ratio_rate5m", traffic.at + 2)
     assert 0.6 < ratio < 0.8
+
+
+def test_make_observe_starts_prometheus_and_alertmanager_with_the_rules(tmp_path: Path) -> None:
+    from local.observe import start_monitoring, stop_process
+
+    if shutil.which("prometheus-alertmanager") is None and shutil.which("alertmanager") is None:
+        pytest.skip("alertmanager not installed (make prometheus installs it)")
+    prom_port, am_port = _free_port(), _free_port()
+    processes = start_monitoring(prom_port, am_port, data=tmp_path)
+    try:
+        url = f"http://127.0.0.1:{prom_port}"
+        deadline = time.monotonic() + 15
+        while True:
+            ams = requests.get(f"{url}/api/v1/alertmanagers", timeout=5).json()["data"]
+            if ams["activeAlertmanagers"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert ams["activeAlertmanagers"] == [{"url": f"http://127.0.0.1:{am_port}/api/v2/alerts"}]
+        groups = requests.get(f"{url}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        assert len(groups) == 4
+        # the remote-write receiver is on: an empty (invalid) body is a 400, not a 404
+        assert requests.post(f"{url}/api/v1/write", data=b"", timeout=5).status_code == 400
+    finally:
+        for process in reversed(processes):
+            stop_process(process)
+    assert all(p.poll() is not None for p in processes)

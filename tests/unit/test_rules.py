@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -113,3 +116,57 @@ def test_burn_rate_alerts_cover_every_slo_and_window() -> None:
         for slo in ("payment", "latency", "availability")
         for window in ("1h", "6h", "1d", "3d")
     }
+
+
+def _template() -> dict[str, Any]:
+    loader_class: Any = type("Loader", (yaml.SafeLoader,), {})
+
+    def tag(loader: Any, suffix: str, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            return loader.construct_scalar(node)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node)
+        return loader.construct_mapping(node)
+
+    loader_class.add_multi_constructor("!", tag)
+    loaded: dict[str, Any] = yaml.load((ROOT / "template.yaml").read_text(), Loader=loader_class)  # noqa: S506
+    return loaded
+
+
+def test_cloudwatch_alarms_mirror_the_seed_alerts() -> None:
+    resources = _template()["Resources"]
+    expected = {  # alarm: (threshold %, consecutive 1-minute periods)
+        "HighPaymentFailureRateAlarm": (5, 5, "status = 'failed'"),
+        "HighRiskRejectionRateAlarm": (20, 15, "status = 'risk_rejected'"),
+        "HighHTTPErrorRateAlarm": (1, 5, "status LIKE '5%'"),
+    }
+    for name, (threshold, periods, where) in expected.items():
+        props = resources[name]["Properties"]
+        assert (props["Threshold"], props["EvaluationPeriods"]) == (threshold, periods), name
+        assert props["DatapointsToAlarm"] == periods
+        bad, total, ratio = props["Metrics"]
+        assert where in bad["Expression"] and "WHERE" not in total["Expression"]
+        # EMF dimension sets (payments.observability.emf): service first, then the labels
+        assert "${MetricsNamespace}" in bad["Expression"]
+        assert ratio["Expression"] == "100 * bad / total" and ratio["ReturnData"] is True
+    latency = resources["HighPaymentLatencyAlarm"]["Properties"]
+    assert latency["ExtendedStatistic"] == "p99" and latency["Threshold"] == 5
+    assert latency["EvaluationPeriods"] == 10
+    assert [d["Name"] for d in latency["Dimensions"]] == ["service", "operation", "status"]
+
+
+def test_cloudwatch_dashboard_body_is_json_with_every_panel() -> None:
+    body = _template()["Resources"]["PaymentsDashboard"]["Properties"]["DashboardBody"]
+    widgets = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))["widgets"]
+    titles = " | ".join(w["properties"]["title"] for w in widgets)
+    for panel in (
+        "success rate",
+        "P50 / P95 / P99",
+        "volume by channel",
+        "latency",
+        "5xx",
+        "cold starts",
+        "Refunds",
+        "Average payment amount",
+    ):
+        assert panel in titles, panel
