@@ -1,0 +1,312 @@
+"""The data layer on in-memory fakes, and the functions loaded as the Lambda runtime loads them.
+
+`install()` replaces the DynamoDB stores and the Step Functions workflow by in-memory fakes
+(bounded, so a long run does not grow because of the fakes themselves); the workflow either
+runs the real task handlers in-process, as the state machine would (`inline`), or answers
+with a canned success (`canned`, one invocation = one flush). The channel is faked unless
+`real_channel` (then the real Stripe client talks to a simulator on loopback).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import sys
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from bench.common import DEMO_KEY, DEMO_MERCHANT, DEMO_SECRET, ROOT
+
+Handler = Callable[[Any, Any], Any]
+_counter = itertools.count(1)
+CAPACITY = 512  # items kept per fake table
+
+
+class Context:
+    """The Lambda context attributes the handlers and `instrument` read."""
+
+    def __init__(self, function_name: str) -> None:
+        self.function_name = function_name
+        self.invoked_function_arn = (
+            f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        )
+        self.memory_limit_in_mb = 256
+        self.function_version = "$LATEST"
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "bench"
+        self._deadline = time.monotonic() + 30
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def load_handler(function: str, *, unwrap: bool = False) -> Handler:
+    """functions/<function>/app.py as a fresh module (one execution environment)."""
+    path = ROOT / "functions" / function / "app.py"
+    name = f"bench_fn_{function}_{next(_counter)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(path)
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    handler: Handler = module.handler
+    return getattr(handler, "__wrapped__", handler) if unwrap else handler
+
+
+class _Bounded(OrderedDict[str, Any]):
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        if len(self) > CAPACITY:
+            self.popitem(last=False)
+
+
+class FakeKeys:
+    def lookup(self, key_id: str) -> Any:
+        from payments.auth import ApiKey
+
+        if key_id != DEMO_KEY:
+            return None
+        return ApiKey(key_id=key_id, merchant_id=DEMO_MERCHANT, secret=DEMO_SECRET, active=True)
+
+
+class FakePayments:
+    def __init__(self) -> None:
+        self.items: _Bounded = _Bounded()
+        self.guards: _Bounded = _Bounded()
+
+    def create(self, payment: Any) -> None:
+        from payments.errors import DuplicateOrder
+
+        guard = f"{payment.merchant_id}#{payment.merchant_order_no}"
+        if guard in self.guards:
+            raise DuplicateOrder()
+        self.guards[guard] = payment.payment_no
+        self.items[payment.payment_no] = payment
+
+    def get(self, payment_no: str, merchant_id: str | None = None) -> Any:
+        from payments.errors import NotFound
+
+        payment = self.items.get(payment_no)
+        if payment is None or (merchant_id is not None and payment.merchant_id != merchant_id):
+            raise NotFound("No such payment.")
+        return payment
+
+    def refunds(self, payment_no: str) -> list[Any]:
+        return []
+
+    def finalize(self, payment_no: str, status: Any, *, now: str, fields: dict[str, Any]) -> Any:
+        from payments.models import PaymentStatus
+
+        values = {k: v for k, v in fields.items() if k != "amount"}
+        if status is PaymentStatus.SUCCEEDED:
+            values["refundable_amount"] = fields["amount"]
+        current = self.items[payment_no]
+        updated = current.model_validate(
+            {**current.model_dump(), **values, "status": status, "updated_at": now}
+        )
+        self.items[payment_no] = updated
+        return updated
+
+    def reserve_refund(self, payment_no: str, amount: int, *, now: str) -> Any:
+        from payments.errors import AmountExceeded
+
+        current = self.items[payment_no]
+        if current.refundable_amount < amount:
+            raise AmountExceeded("amount exceeds the refundable amount.")
+        updated = current.model_copy(
+            update={"refundable_amount": current.refundable_amount - amount}
+        )
+        self.items[payment_no] = updated
+        return updated
+
+    def release_refund(self, payment_no: str, amount: int, *, now: str) -> None:
+        current = self.items[payment_no]
+        self.items[payment_no] = current.model_copy(
+            update={"refundable_amount": current.refundable_amount + amount}
+        )
+
+    def complete_refund(self, refund: Any, *, now: str) -> Any:
+        from payments.models import PaymentStatus
+
+        current = self.items[refund.payment_no]
+        refunded = current.refunded_amount + refund.amount
+        status = (
+            PaymentStatus.REFUNDED
+            if refunded == current.amount
+            else PaymentStatus.PARTIALLY_REFUNDED
+        )
+        updated = current.model_copy(
+            update={"refunded_amount": refunded, "status": status, "updated_at": now}
+        )
+        self.items[refund.payment_no] = updated
+        return updated
+
+
+class FakeOrders:
+    def __init__(self) -> None:
+        self.items: _Bounded = _Bounded()
+
+    def create(self, order: Any) -> Any:
+        self.items.setdefault(order.order_no, order)
+        return self.items[order.order_no]
+
+    def get(self, order_no: str, merchant_id: str | None = None) -> Any:
+        from payments.errors import NotFound
+
+        order = self.items.get(order_no)
+        if order is None or (merchant_id is not None and order.merchant_id != merchant_id):
+            raise NotFound("No such order.")
+        return order
+
+    def transition(self, order_no: str, *, source: Any, target: Any, now: str) -> Any:
+        from payments.errors import InvalidStatus
+
+        order = self.get(order_no)
+        if order.status == target:
+            return order
+        if order.status != source:
+            raise InvalidStatus()
+        updated = order.model_copy(update={"status": target, "updated_at": now})
+        self.items[order_no] = updated
+        return updated
+
+
+class FakeVelocity:
+    def __init__(self) -> None:
+        self.counts: _Bounded = _Bounded()
+
+    def record_and_count(
+        self, customer_id: str, payment_no: str, *, now_ms: int, window_seconds: int
+    ) -> int:
+        count = int(self.counts.get(customer_id, 0)) + 1
+        self.counts[customer_id] = count
+        return count
+
+
+class FakeChannel:
+    def charge(self, **kwargs: Any) -> Any:
+        from payments.channel import ChargeResult
+
+        return ChargeResult(
+            outcome="succeeded", channel_reference=f"pi_{uuid.uuid4().hex[:24]}", decline_code=None
+        )
+
+    def refund(self, **kwargs: Any) -> Any:
+        from payments.channel import RefundResult
+
+        return RefundResult(
+            outcome="succeeded", channel_reference=f"re_{uuid.uuid4().hex[:24]}", decline_code=None
+        )
+
+
+class FakeWorkflow:
+    """The state machine's happy path: RiskCheck → CreateOrder → ChannelPayment → MarkOrderPaid."""
+
+    def __init__(self, mode: str, unwrap: bool) -> None:
+        self.mode = mode
+        if mode == "inline":
+            self.risk = load_handler("risk_check", unwrap=unwrap)
+            self.order = load_handler("order", unwrap=unwrap)
+            self.channel = load_handler("channel", unwrap=unwrap)
+
+    @staticmethod
+    def _call(handler: Handler, name: str, payload: dict[str, Any]) -> Any:
+        # Through JSON both ways, as Step Functions and Lambda do.
+        return json.loads(json.dumps(handler(json.loads(json.dumps(payload)), Context(name))))
+
+    def run(self, execution_input: dict[str, Any], *, name: str) -> dict[str, Any]:
+        payment = execution_input["payment"]
+        base = {"trace_context": execution_input.get("trace_context", {}), "payment": payment}
+        if self.mode != "inline":
+            order_no = "ord_" + payment["payment_no"].removeprefix("pay_")
+            return {
+                **base,
+                "risk": {"result": {"decision": "approve", "score": 0, "reasons": []}},
+                "order": {"result": {"order_no": order_no, "status": "created"}},
+                "charge": {
+                    "result": {
+                        "outcome": "succeeded",
+                        "channel_reference": "pi_canned",
+                        "decline_code": None,
+                    }
+                },
+                "outcome": "succeeded",
+            }
+        state: dict[str, Any] = dict(base)
+        state["risk"] = {
+            "result": self._call(self.risk, "RiskCheck", {"step": "RiskCheck", **base})
+        }
+        decision = state["risk"]["result"]["decision"]
+        if decision != "approve":
+            return {
+                **state,
+                "outcome": "risk_rejected" if decision == "reject" else "pending_review",
+            }
+        state["order"] = {
+            "result": self._call(
+                self.order, "Order", {"step": "CreateOrder", **base, "action": "create"}
+            )
+        }
+        charge = self._call(
+            self.channel,
+            "Channel",
+            {"step": "ChannelPayment", **base, "order": state["order"]["result"]},
+        )
+        state["charge"] = {"result": charge}
+        action = "mark_paid" if charge["outcome"] == "succeeded" else "cancel"
+        step = "MarkOrderPaid" if action == "mark_paid" else "CancelOrder"
+        state["order_update"] = {
+            "result": self._call(
+                self.order,
+                "Order",
+                {"step": step, **base, "action": action, "order": state["order"]["result"]},
+            )
+        }
+        state["outcome"] = "succeeded" if action == "mark_paid" else "declined"
+        return state
+
+
+class Fakes:
+    def __init__(self, workflow: FakeWorkflow) -> None:
+        self.keys = FakeKeys()
+        self.payments = FakePayments()
+        self.orders = FakeOrders()
+        self.velocity = FakeVelocity()
+        self.workflow = workflow
+
+
+def install(*, workflow: str = "inline", unwrap: bool = False, real_channel: bool = False) -> Fakes:
+    """Point every module's store factories at in-memory fakes (call after loading handlers
+    is not needed: handlers loaded later see the patched factories through the modules)."""
+    import payments.api
+    import payments.api.gateway
+    import payments.api.refunds
+    import payments.channel
+    import payments.services
+
+    fakes = Fakes(FakeWorkflow("none", unwrap))
+    factories: dict[str, Callable[[], Any]] = {
+        "payment_store": lambda: fakes.payments,
+        "order_store": lambda: fakes.orders,
+        "api_keys": lambda: fakes.keys,
+        "velocity_store": lambda: fakes.velocity,
+        "workflow": lambda: fakes.workflow,
+    }
+    for module in (payments.services, payments.api, payments.api.gateway, payments.api.refunds):
+        for name, factory in factories.items():
+            if hasattr(module, name):
+                setattr(module, name, factory)
+    if not real_channel:
+        with payments.channel._lock:
+            payments.channel._clients["stripe"] = FakeChannel()
+    # Task handlers import `order_store`/`velocity_store` from payments.services at load time,
+    # so the workflow's handlers are loaded only now, after the patch.
+    fakes.workflow = FakeWorkflow(workflow, unwrap)
+    return fakes
