@@ -51,10 +51,10 @@ def test_full_refund_in_one_go(platform: Platform) -> None:
 def test_refund_exceeding_is_422_and_changes_nothing(platform: Platform) -> None:
     payment = _paid(platform, 1000)
     assert platform.refund(payment["payment_no"], {"amount": 600})[0] == 201
-    before = metric("refund_total", status="amount_exceeded")
+    before = metric("refund_total", status="amount_exceeded", currency="USD")
     status, body, _ = platform.refund(payment["payment_no"], {"amount": 401})
     assert status == 422 and body["error"]["code"] == "amount_exceeded"
-    assert metric("refund_total", status="amount_exceeded") == before + 1
+    assert metric("refund_total", status="amount_exceeded", currency="USD") == before + 1
     _, got, _ = platform.get_payment(payment["payment_no"])
     assert got["refunded_amount"] == 600 and got["status"] == "partially_refunded"
 

@@ -41,6 +41,7 @@ def create_refund(request: ApiRequest) -> dict[str, Any]:
                 orders=order_store(),
                 channel_for=get_channel,
                 refund_no=_refund_no(merchant.merchant_id, key),
+                on_payment=lambda payment: setattr(attempt, "currency", payment.currency),
             ),
             model=refund_logic.RefundOutcome,
             operation="refund",

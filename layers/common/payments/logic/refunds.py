@@ -29,8 +29,11 @@ def refund(
     orders: OrderStore,
     channel_for: Callable[[str], ChannelClient],
     refund_no: str | None = None,
+    on_payment: Callable[[Payment], None] | None = None,
 ) -> RefundOutcome:
     payment = payments.get(payment_no, merchant_id)
+    if on_payment is not None:
+        on_payment(payment)  # lets the caller label its metrics even when the refund fails
     if payment.status not in REFUNDABLE_STATUSES or not payment.channel_reference:
         raise InvalidStatus(f"Payment is {payment.status.value}; it cannot be refunded.")
     refund_no = refund_no or new_id("re")
