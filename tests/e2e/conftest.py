@@ -41,7 +41,11 @@ class Stack:
         secret: str = "sk_demo_secret",
         key: str = "mk_demo",
     ) -> requests.Response:
-        raw = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        raw = (
+            b""
+            if body is None
+            else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        )
         ts = str(int(time.time()))
         all_headers = {
             "Content-Type": "application/json",

@@ -70,7 +70,11 @@ def test_payment_lifecycle_over_http(stack: Stack) -> None:
     ],
 )
 def test_create_outcomes(
-    stack: Stack, overrides: dict[str, Any], status: int, code: str | None, payment_status: str | None
+    stack: Stack,
+    overrides: dict[str, Any],
+    status: int,
+    code: str | None,
+    payment_status: str | None,
 ) -> None:
     response = stack.request("POST", "/api/v1/payments", _body(**overrides))
     _check_trace(response)
