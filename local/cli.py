@@ -81,9 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "pay":
-        customer = {
-            k: v for k, v in {"id": args.customer_id, "country": args.country}.items() if v
-        }
+        customer = {k: v for k, v in {"id": args.customer_id, "country": args.country}.items() if v}
         body: dict[str, Any] = {
             "merchant_order_no": args.order_no or f"cli-{uuid.uuid4().hex[:12]}",
             "amount": args.amount,

@@ -13,9 +13,7 @@ from payments.models import CreatePaymentRequest, PaymentStatus
 from payments.observability import tracing
 from payments.services import order_store, payment_store, workflow
 
-router = Router(
-    served_elsewhere=frozenset({("POST", "/api/v1/payments/{payment_no}/refunds")})
-)
+router = Router(served_elsewhere=frozenset({("POST", "/api/v1/payments/{payment_no}/refunds")}))
 
 _SUCCESS_STATUS = {PaymentStatus.SUCCEEDED: 201, PaymentStatus.PENDING_REVIEW: 202}
 _METRIC_STATUS = {
