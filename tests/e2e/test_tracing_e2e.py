@@ -287,7 +287,9 @@ def test_successful_payment_exports_the_spec_tree_in_one_trace(traced: Traced) -
 
     # The JSON-lines exporter wrote the same trace; payctl trace renders it.
     tree = _render_when_flushed(traced.jsonl, trace_id, STRIPE_CHARGE)
-    assert tree.splitlines()[1].startswith(f"payment-gateway: {PAY_ROUTE}")
+    # (The root's service is the resource of this process's first setup: any earlier test.)
+    assert f": {PAY_ROUTE}  " in tree.splitlines()[1]
+    assert "risk-service: RiskCheck" in tree
     assert "risk-service: risk-service" in tree
     assert "channel-adapter: stripe: POST /v1/payment_intents" in tree
     assert "risk.decision=approve" in tree
@@ -331,6 +333,26 @@ def test_incoming_traceparent_is_continued_through_payment_and_refund(traced: Tr
     # All five services' spans in the one trace.
     names = {s["name"] for s in spans}
     assert {PAY_ROUTE, "risk-service", "order-service", "channel-adapter", REFUND_ROUTE} <= names
+
+
+def test_traceparent_is_injected_into_the_stripe_call(
+    traced: Traced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[requests.PreparedRequest] = []
+    real_send = requests.Session.send
+
+    def spy(session: requests.Session, request: requests.PreparedRequest, **kw: Any) -> Any:
+        if str(request.url).startswith(f"{traced.stack.sim_url}/v1/"):
+            sent.append(request)
+        return real_send(session, request, **kw)
+
+    monkeypatch.setattr(requests.Session, "send", spy)
+    reply = traced.pay()
+    monkeypatch.undo()
+    assert reply.status == 201, reply.body
+    stripe = _one(traced.trace(reply.trace_id, PAY_ROUTE, STRIPE_CHARGE), STRIPE_CHARGE)
+    assert len(sent) == 1
+    assert sent[0].headers["traceparent"] == _traceparent(reply.trace_id, stripe["span_id"])
 
 
 def test_x_amzn_trace_id_is_continued(traced: Traced) -> None:
