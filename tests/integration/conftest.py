@@ -97,7 +97,8 @@ class Platform:
         return int(self.aws.client("dynamodb").scan(TableName=table, Select="COUNT")["Count"])
 
 
-@pytest.fixture(scope="session")
+# moto state is process-global: every module gets its own emulator, as other tests start theirs.
+@pytest.fixture(scope="module")
 def platform() -> Iterator[Platform]:
     stripe = serve(port=0)
     aws = start_emulator(

@@ -73,6 +73,11 @@ def _idempotent_runner(model: type[BaseModel]) -> tuple[Callable[..., BaseModel]
     return cast(Callable[..., BaseModel], run), config
 
 
+def reset() -> None:
+    """Forget the persistence layers (their clients are bound to the old endpoint)."""
+    _idempotent_runner.cache_clear()
+
+
 def once(
     work: Callable[[], T],
     *,

@@ -39,9 +39,11 @@ def workflow() -> PaymentWorkflow:
 
 def reset() -> None:
     """Forget everything built from settings (tests change the environment)."""
+    from payments import idempotency
     from payments.config import get_settings as settings
     from payments.store import clients
 
     for factory in (payment_store, order_store, api_keys, velocity_store, workflow, settings):
         factory.cache_clear()
+    idempotency.reset()
     clients.reset()
