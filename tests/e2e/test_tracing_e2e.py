@@ -25,7 +25,7 @@ import requests
 
 from local.stack import StackHandle, start_stack
 from local.trace_view import load_spans, render_tree
-from payments import services
+from payments import idempotency, services
 from payments.auth import sign
 from payments.channel import reset_channels
 from payments.observability import tracing
@@ -134,6 +134,14 @@ class Traced:
         self.trace(reply.trace_id, PAY_ROUTE, STRIPE_CHARGE)
 
 
+def _reset_layer_caches() -> None:
+    services.reset()
+    reset_channels()
+    # Not covered by services.reset(): the idempotency persistence layer keeps the boto3
+    # client (and endpoint) of the first emulator this process used.
+    idempotency._idempotent_runner.cache_clear()
+
+
 def _configure() -> None:
     """(Re)point this process's tracing at what os.environ now says."""
     tracing.reset_for_tests()
@@ -183,6 +191,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
                 "TRACES_EXPORTER_XRAY": "false",
             }
         )
+        _reset_layer_caches()
         # Tracing is set up once per process; an earlier test may have done it already.
         _configure()
         yield Traced(stack, receiver, jsonl)
@@ -196,8 +205,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = old
-        services.reset()
-        reset_channels()
+        _reset_layer_caches()
 
 
 def _one(spans: list[Span], name: str) -> Span:
