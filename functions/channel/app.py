@@ -23,4 +23,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         idempotency_key=f"charge-{payment['payment_no']}",
     )
     tracing.annotate_step(**{"channel.outcome": result.outcome})
+    if result.outcome != "succeeded":
+        tracing.fail_step(f"declined: {result.decline_code}")
     return result.model_dump(mode="json")

@@ -389,17 +389,17 @@ def test_declined_payment_is_visible_in_the_trace(traced: Traced) -> None:
     # Where ERROR stands for a decline: see test_declined_payment_error_status.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a decline sets no span ERROR: the gateway marks only 5xx, the channel task "
-    "returns normally, and the Stripe client span skips ERROR for a decline (402)",
-)
 def test_declined_payment_error_status(traced: Traced) -> None:
     reply = traced.pay(payment_method="pm_card_chargeDeclined")
     assert reply.status == 402, reply.body
     spans = traced.trace(reply.trace_id, PAY_ROUTE, STRIPE_CHARGE, "CancelOrder")
     # HTTP semantic conventions: a CLIENT span with a 4xx response SHOULD be ERROR.
     assert _one(spans, STRIPE_CHARGE)["status"]["code"] == "ERROR"
+    # The failed business step is visible in the trace map too.
+    step = _one(spans, "ChannelPayment")
+    assert step["status"]["code"] == "ERROR" and step["status"]["description"].startswith(
+        "declined"
+    )
 
 
 def test_channel_failure_marks_the_spans_error(traced: Traced) -> None:

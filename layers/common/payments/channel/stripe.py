@@ -287,6 +287,10 @@ class StripeClient:
             decline = decline_of(reply) if resp.status_code in (200, 400, 402) else None
             if decline is not None:
                 span.set_attribute("payment.decline_code", decline)
+                if resp.status_code >= 400:
+                    # HTTP semantic conventions: a CLIENT span with a 4xx answer is an error.
+                    span.set_attribute("error.type", str(resp.status_code))
+                    span.set_status(Status(StatusCode.ERROR, f"declined: {decline}"))
                 return reply
             if resp.status_code == 200:
                 return reply

@@ -77,7 +77,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
@@ -470,6 +470,13 @@ def annotate_step(**attributes: str | int | float | bool) -> None:
     """Set attributes on the current state-machine step span (or the current span)."""
     span = _step_span.get() or trace.get_current_span()
     span.set_attributes(redact_attributes(attributes))
+
+
+def fail_step(description: str) -> None:
+    """Mark the current step span ERROR for a business failure (a decline is not an
+    exception, yet operators must see the failed step in the trace map)."""
+    span = _step_span.get() or trace.get_current_span()
+    span.set_status(Status(StatusCode.ERROR, description))
 
 
 def flush(timeout_seconds: float) -> None:
