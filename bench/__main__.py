@@ -23,6 +23,7 @@ from bench.common import (
     fmt,
     machine,
     median,
+    ratio,
     run_child,
     table,
     write_results,
@@ -60,9 +61,9 @@ def run_warm(
         100.0 * (max(tps) - min(tps)) / median(tps) if len(tps) > 1 else float("nan")
     )
     for config, entry in summary["configs"].items():
-        entry["throughput_loss_pct"] = 100.0 * (1 - entry["throughput"] / base["throughput"])
-        entry["cpu_per_req_ratio"] = entry["cpu_ms_per_req"] / base["cpu_ms_per_req"]
-        entry["rss_ratio"] = entry["peak_rss_mb"] / base["peak_rss_mb"]
+        entry["throughput_loss_pct"] = 100.0 * (1 - ratio(entry["throughput"], base["throughput"]))
+        entry["cpu_per_req_ratio"] = ratio(entry["cpu_ms_per_req"], base["cpu_ms_per_req"])
+        entry["rss_ratio"] = ratio(entry["peak_rss_mb"], base["peak_rss_mb"])
         if config in TARGETS:
             entry["target_loss_pct"] = TARGETS[config]
             entry["met"] = entry["throughput_loss_pct"] <= TARGETS[config]

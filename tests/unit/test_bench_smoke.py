@@ -1,0 +1,102 @@
+"""Smoke test: every benchmark runs end to end with minimal iterations (no timing assertions)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+
+from bench import coldstart, load, warm
+from bench import flush as flush_bench
+from bench.__main__ import report, run_warm, warm_table
+from bench.common import (
+    FUNCTIONS,
+    STRIPE_KEY,
+    HungReceiver,
+    Sink,
+    closed_port_url,
+    machine,
+    percentile,
+    run_child,
+)
+from local.stripe_sim import SimServer, make_app, serve
+
+
+@pytest.fixture(scope="module")
+def sinks() -> Iterator[dict[str, str]]:
+    sink = Sink()
+    try:
+        yield {"rw": sink.url + "/api/v1/write", "otlp": sink.url}
+    finally:
+        sink.stop()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimServer]:
+    server = serve("127.0.0.1", 0, app=make_app(STRIPE_KEY))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_percentile_and_machine() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2
+    assert percentile(list(range(1, 101)), 99) == 99
+    assert math.isnan(percentile([], 50))
+    assert machine()["nproc"]
+
+
+def test_everything_runs_and_reports(sinks: dict[str, str], sim: SimServer) -> None:
+    hung = HungReceiver()
+    try:
+        cold = coldstart.run(runs=1, functions=("channel",))
+        warm_fake = run_warm("fake", 1, 2, 1, sinks, lambda _: None)
+        real = run_child(
+            "bench.warm", {"mode": "real", "config": "metrics", "n": 1, "warmup": 0, "sinks": sinks}
+        )
+        memory = {
+            fn: run_child(
+                "bench.memory",
+                {"function": fn, "n": 3, "sinks": sinks, "stripe": sim.url, "refund_payments": 1},
+            )
+            for fn in FUNCTIONS
+        }
+        flushes = {
+            "up": run_child("bench.flush", {"n": 2, **sinks}),
+            "down": run_child(
+                "bench.flush",
+                {"n": 1, "rw": closed_port_url() + "/api/v1/write", "otlp": closed_port_url()},
+            ),
+            "hung": run_child("bench.flush", {"n": 1, "rw": hung.url, "otlp": hung.url}),
+        }
+    finally:
+        hung.stop()
+    assert "fn:channel" in cold["variants"] and "baseline" in cold["variants"]
+    assert set(warm_fake["configs"]) == set(warm.CONFIGS)
+    assert all(entry["errors"] == 0 for entry in warm_fake["configs"].values())
+    assert real["errors"] == 0 and real["n"] == 1
+    assert all(m["errors"] == 0 for m in memory.values())
+    assert flushes["up"]["n"] == 2 and flushes["up"]["bound_ms"] == flush_bench.BOUND_MS
+    warm_real = {**warm_fake, "configs": {c: dict(e) for c, e in warm_fake["configs"].items()}}
+    text = report(
+        {
+            "machine": machine(),
+            "scale": 0.0,
+            "cold_start": cold,
+            "warm_real": warm_real,
+            "warm_fake": warm_fake,
+            "memory": memory,
+            "flush": flushes,
+        }
+    )
+    assert "Cold start" in text and "Flush cost" in text
+    assert "no monitoring" in warm_table(warm_fake, "fakes")
+
+
+def test_load_runs_and_verifies() -> None:
+    result = load.run(merchants=2, seconds=2.0, max_requests=12)
+    assert result["requests"] >= 1
+    assert result["verification"]["payments_checked"] >= 1
+    assert "Invariants" in load.report(result)
