@@ -544,7 +544,7 @@ def test_hung_span_exporter_cannot_delay_the_response(
         elapsed = time.monotonic() - started
         assert response["statusCode"] == 201
         assert elapsed < 0.4, elapsed
-        assert recorded.flushes == [0.1]
+        assert len(recorded.flushes) == 1 and 0.05 < recorded.flushes[0] <= 0.1
     finally:
         hanging.release.set()
         tracing.reset_for_tests()

@@ -419,14 +419,32 @@ def test_flush_is_bounded_when_the_exporter_hangs(monkeypatch: pytest.MonkeyPatc
     tracing.reset_for_tests()
     try:
         tracing.setup("hang", exporters=[hanging])
+        elapsed = []
         for attempt in range(2):  # the second flush finds the first one still stuck
             with tracing.get_tracer().start_as_current_span(f"s{attempt}"):
                 pass
             started = time.monotonic()
             tracing.flush(0.2)
-            elapsed = time.monotonic() - started
-            assert 0.15 <= elapsed < 0.5, elapsed
+            elapsed.append(time.monotonic() - started)
+        assert 0.15 <= elapsed[0] < 0.5, elapsed  # waited for the hung export, up to the bound
+        assert elapsed[1] < 0.05, elapsed  # and does not wait again while it is stuck
         assert hanging.calls == 1
+    finally:
+        hanging.release.set()
+        tracing.reset_for_tests()
+
+
+def test_flush_with_nothing_ended_exports_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    hanging = HangingExporter()
+    tracing.reset_for_tests()
+    try:
+        tracing.setup("idle", exporters=[hanging])
+        started = time.monotonic()
+        tracing.flush(0.2)  # no span ended (e.g. a sampled-out request): no export, no wait
+        assert time.monotonic() - started < 0.05
+        assert hanging.calls == 0
     finally:
         hanging.release.set()
         tracing.reset_for_tests()

@@ -138,6 +138,8 @@ class _SwitchableProcessors(SpanProcessor):
 
     def __init__(self) -> None:
         self.processors: tuple[SpanProcessor, ...] = ()
+        # Spans ended since the last flush: with none (sampled out), a flush has no work.
+        self.ended = 0
 
     def replace(self, processors: Sequence[SpanProcessor]) -> None:
         old, self.processors = self.processors, tuple(processors)
@@ -149,6 +151,7 @@ class _SwitchableProcessors(SpanProcessor):
             processor.on_start(span, parent_context=parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
+        self.ended += 1
         for processor in self.processors:
             processor.on_end(span)
 
@@ -480,37 +483,44 @@ def fail_step(description: str) -> None:
 
 
 def flush(timeout_seconds: float) -> None:
-    """Export finished spans before the invocation returns, within `timeout_seconds`.
+    """Export finished spans before the invocation returns, within `timeout_seconds`."""
+    wait_flush(begin_flush(), time.monotonic() + max(0.0, timeout_seconds))
 
-    Never raises. The SDK's force_flush ignores its timeout (it exports synchronously), so it
-    runs in a daemon thread joined with the bound; a flush still running from an earlier
-    invocation (a hung exporter) is not doubled.
+
+def begin_flush() -> threading.Thread | None:
+    """Start exporting the spans ended since the last flush; never raises.
+
+    The SDK's force_flush exports synchronously and ignores its timeout, so it runs in a
+    daemon thread that the caller waits for with its own deadline (`wait_flush`). Nothing to
+    export (no span ended, e.g. sampled out) starts nothing; an export still stuck from an
+    earlier invocation (backend down or hung) is not doubled nor waited for: its spans stay
+    queued in the batch processors and leave with a later flush.
     """
     global _flush_thread  # noqa: PLW0603
     try:
         provider = _provider
-        if provider is None or not _processors.processors:
-            return
-        deadline = time.monotonic() + max(0.0, timeout_seconds)
+        if provider is None or not _processors.processors or _processors.ended == 0:
+            return None
         previous = _flush_thread
         if previous is not None and previous.is_alive():
-            previous.join(max(0.0, deadline - time.monotonic()))
-            if previous.is_alive():
-                return
-        remaining = max(0.0, deadline - time.monotonic())
+            return None
+        _processors.ended = 0
         thread = threading.Thread(
-            target=_force_flush_quietly,
-            args=(provider, max(1, int(remaining * 1000))),
-            name="otel-flush",
-            daemon=True,
+            target=_force_flush_quietly, args=(provider,), name="otel-flush", daemon=True
         )
         _flush_thread = thread
         thread.start()
-        thread.join(remaining)
-    except Exception:  # noqa: S110 - flushing must never fail an invocation
-        pass
+        return thread
+    except Exception:
+        return None
 
 
-def _force_flush_quietly(provider: TracerProvider, millis: int) -> None:
+def wait_flush(thread: threading.Thread | None, deadline: float) -> None:
+    """Wait for a flush started by `begin_flush` until `deadline` (time.monotonic())."""
+    if thread is not None:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _force_flush_quietly(provider: TracerProvider) -> None:
     with contextlib.suppress(Exception):  # a flush is best effort
-        provider.force_flush(millis)
+        provider.force_flush()
