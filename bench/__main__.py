@@ -101,6 +101,12 @@ def main() -> int:
     def scaled(value: int, minimum: int = 1) -> int:
         return max(minimum, int(value * scale))
 
+    # BENCH_ONLY=cold,warm,memory,flush runs a subset (default: everything).
+    only = {s for s in os.environ.get("BENCH_ONLY", "").split(",") if s}
+
+    def wanted(section: str) -> bool:
+        return not only or section in only
+
     from bench.common import quiet_logs
 
     quiet_logs()
@@ -113,38 +119,43 @@ def main() -> int:
     sim = serve("127.0.0.1", 0, app=make_app(STRIPE_KEY))
     sinks = {"rw": sink.url + "/api/v1/write", "otlp": sink.url}
     try:
-        _log("cold start")
-        results["cold_start"] = coldstart.run(runs=scaled(15, 3), progress=_log)
-        _log("warm overhead, real handler over moto")
-        results["warm_real"] = run_warm("real", scaled(3, 1), scaled(50, 5), 5, sinks, _log)
-        _log("warm overhead, in-memory fakes")
-        results["warm_fake"] = run_warm("fake", scaled(3, 1), scaled(500, 20), 20, sinks, _log)
-        _log("memory")
-        results["memory"] = {
-            fn: run_child(
-                "bench.memory",
-                {"function": fn, "n": scaled(1000, 110), "sinks": sinks, "stripe": sim.url},
-            )
-            for fn in FUNCTIONS
-        }
-        _log("flush cost")
-        results["flush"] = {
-            "up": run_child(
-                "bench.flush", {"n": scaled(200, 10), "rw": sinks["rw"], "otlp": sinks["otlp"]}
-            ),
-            "down": run_child(
-                "bench.flush",
-                {
-                    "n": scaled(50, 5),
-                    "rw": closed_port_url() + "/api/v1/write",
-                    "otlp": closed_port_url(),
-                },
-            ),
-            "hung": run_child(
-                "bench.flush",
-                {"n": scaled(20, 3), "rw": hung.url + "/api/v1/write", "otlp": hung.url},
-            ),
-        }
+        if wanted("cold"):
+            _log("cold start")
+            results["cold_start"] = coldstart.run(runs=scaled(15, 3), progress=_log)
+        if wanted("warm"):
+            _log("warm overhead, real handler over moto")
+            results["warm_real"] = run_warm("real", scaled(3, 1), scaled(50, 5), 5, sinks, _log)
+            _log("warm overhead, in-memory fakes")
+            results["warm_fake"] = run_warm("fake", scaled(3, 1), scaled(500, 20), 20, sinks, _log)
+        if wanted("memory"):
+            _log("memory")
+            results["memory"] = {
+                fn: run_child(
+                    "bench.memory",
+                    {"function": fn, "n": scaled(1000, 110), "sinks": sinks, "stripe": sim.url},
+                )
+                for fn in FUNCTIONS
+            }
+        if wanted("flush"):
+            _log("flush cost")
+            results["flush"] = {
+                "up": run_child(
+                    "bench.flush",
+                    {"n": scaled(200, 10), "rw": sinks["rw"], "otlp": sinks["otlp"]},
+                ),
+                "down": run_child(
+                    "bench.flush",
+                    {
+                        "n": scaled(50, 5),
+                        "rw": closed_port_url() + "/api/v1/write",
+                        "otlp": closed_port_url(),
+                    },
+                ),
+                "hung": run_child(
+                    "bench.flush",
+                    {"n": scaled(20, 3), "rw": hung.url + "/api/v1/write", "otlp": hung.url},
+                ),
+            }
     finally:
         sink.stop()
         hung.stop()
@@ -163,7 +174,28 @@ def report(results: Json) -> str:
         f"bench took {results.get('elapsed_s', 0):.0f} s (BENCH_SCALE={results['scale']})",
         "",
     ]
-    cold = results["cold_start"]
+    if "cold_start" in results:
+        out += _cold_section(results["cold_start"])
+    if "warm_real" in results:
+        out += [
+            "## 2. Warm overhead, create_payment",
+            warm_table(
+                results["warm_real"], "Real handler and logic, AWS served in-process by moto"
+            ),
+            "",
+            warm_table(
+                results["warm_fake"], "Harsh view: data layer on in-memory fakes (no target)"
+            ),
+            "",
+        ]
+    if "memory" in results:
+        out += _memory_section(results["memory"])
+    if "flush" in results:
+        out += _flush_section(results["flush"])
+    return "\n".join(out)
+
+
+def _cold_section(cold: Json) -> list[str]:
     rows: list[list[Any]] = []
     for name, e in cold["variants"].items():
         target = ""
@@ -172,15 +204,12 @@ def report(results: Json) -> str:
         rows.append(
             [name, fmt(e["median_ms"]), fmt(e["p90_ms"]), f"{e['ratio_to_boto3']:.2f}x", target]
         )
-    out += [
+    return [
         f"## 1. Cold start (fresh interpreters, {cold['runs']} runs each, interleaved)",
         table(["variant", "median ms", "p90 ms", "vs boto3", "target"], rows),
         "",
         "Added import + set-up cost over the boto3 baseline (median - baseline median):",
-        table(
-            ["stack", "added ms"],
-            [[k, fmt(v)] for k, v in cold["added_ms"].items()],
-        ),
+        table(["stack", "added ms"], [[k, fmt(v)] for k, v in cold["added_ms"].items()]),
         table(
             ["layer added / alternative added", "ratio", "target ≤0.5"],
             [
@@ -189,68 +218,70 @@ def report(results: Json) -> str:
             ],
         ),
         "",
-        "## 2. Warm overhead, create_payment",
-        warm_table(results["warm_real"], "Real handler and logic, AWS served in-process by moto"),
-        "",
-        warm_table(results["warm_fake"], "Harsh view: data layer on in-memory fakes (no target)"),
-        "",
-        "## 3. Memory over warm invocations (one process per function, fully instrumented)",
-        table(
-            [
-                "function",
-                "invocations",
-                "RSS @100 MB",
-                "RSS @end MB",
-                "growth MB",
-                "peak MB",
-                "≤90 MB",
-                "no growth",
-            ],
-            [
-                [
-                    fn,
-                    e["n"],
-                    fmt(e["rss_at_100_mb"]),
-                    fmt(e["rss_at_n_mb"]),
-                    fmt(e["growth_mb"], 2),
-                    fmt(e["peak_rss_mb"]),
-                    "met" if e["peak_rss_mb"] <= 90 else "MISSED",
-                    "met" if e["growth_mb"] <= memory.GROWTH_TOLERANCE_MB else "MISSED",
-                ]
-                for fn, e in results["memory"].items()
-            ],
-        ),
-        "",
-        f"## 4. Flush cost on the response path (bound {flush.BOUND_MS:.0f} ms)",
-        table(
-            [
-                "receivers",
-                "n",
-                "flush p50",
-                "flush p99",
-                "flush max",
-                "metrics p50",
-                "spans p50",
-                "invocation p50",
-                "within bound",
-            ],
-            [
-                [
-                    name,
-                    e["n"],
-                    fmt(e["total"]["p50_ms"], 2),
-                    fmt(e["total"]["p99_ms"], 2),
-                    fmt(e["total"]["max_ms"], 2),
-                    fmt(e["metrics"]["p50_ms"], 2),
-                    fmt(e["spans"]["p50_ms"], 2),
-                    fmt(e["invocation"]["p50_ms"], 2),
-                    "met" if e["within_bound"] else "MISSED",
-                ]
-                for name, e in results["flush"].items()
-            ],
-        ),
     ]
-    return "\n".join(out)
+
+
+def _memory_section(entries: Json) -> list[str]:
+    header = [
+        "function",
+        "invocations",
+        "RSS @100 MB",
+        "RSS @end MB",
+        "growth MB",
+        "peak MB",
+        "≤90 MB",
+        "no growth",
+    ]
+    rows = [
+        [
+            fn,
+            e["n"],
+            fmt(e["rss_at_100_mb"]),
+            fmt(e["rss_at_n_mb"]),
+            fmt(e["growth_mb"], 2),
+            fmt(e["peak_rss_mb"]),
+            "met" if e["peak_rss_mb"] <= 90 else "MISSED",
+            "met" if e["growth_mb"] <= memory.GROWTH_TOLERANCE_MB else "MISSED",
+        ]
+        for fn, e in entries.items()
+    ]
+    return [
+        "## 3. Memory over warm invocations (one process per function, fully instrumented)",
+        table(header, rows),
+        "",
+    ]
+
+
+def _flush_section(entries: Json) -> list[str]:
+    header = [
+        "receivers",
+        "n",
+        "flush p50",
+        "flush p99",
+        "flush max",
+        "metrics p50",
+        "spans p50",
+        "invocation p50",
+        "within bound",
+    ]
+    rows = [
+        [
+            name,
+            e["n"],
+            fmt(e["total"]["p50_ms"], 2),
+            fmt(e["total"]["p99_ms"], 2),
+            fmt(e["total"]["max_ms"], 2),
+            fmt(e["metrics"]["p50_ms"], 2),
+            fmt(e["spans"]["p50_ms"], 2),
+            fmt(e["invocation"]["p50_ms"], 2),
+            "met" if e["within_bound"] else "MISSED",
+        ]
+        for name, e in entries.items()
+    ]
+    return [
+        f"## 4. Flush cost on the response path (bound {flush.BOUND_MS:.0f} ms)",
+        table(header, rows),
+    ]
 
 
 if __name__ == "__main__":

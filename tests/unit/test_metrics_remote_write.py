@@ -277,7 +277,7 @@ def test_default_timeout_from_env(receiver, capsys, monkeypatch):
     assert metrics.remote_write_failures == 1
 
 
-def test_receiver_down_is_counted_not_raised(monkeypatch, capsys):
+def test_receiver_down_is_counted_not_raised(monkeypatch, capsys, caplog):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: connection refused
@@ -285,6 +285,8 @@ def test_receiver_down_is_counted_not_raised(monkeypatch, capsys):
     metrics.PAYMENT_TOTAL.inc(status="success", channel="s", currency="USD")
     metrics.flush(0.3)
     assert metrics.remote_write_failures == 1
+    # Refused: one attempt, not retries for the whole budget on every invocation.
+    assert "attempts=1 detail=ConnectionError" in caplog.text
 
 
 def test_nothing_new_means_no_request(receiver, capsys):

@@ -147,7 +147,8 @@ class Writer:
         return dict(aws_req.headers.items())
 
     def send(self, url: str, body: bytes, deadline: float) -> Outcome:
-        """POST with retries on 5xx/429/connection errors until `deadline` (time.monotonic)."""
+        """POST with retries on 5xx/429 until `deadline` (time.monotonic); fail fast when the
+        receiver cannot be reached."""
         region = _sigv4_region(url)
         attempts, detail = 0, "deadline"
         while True:
@@ -171,6 +172,10 @@ class Writer:
                     return Outcome(True, attempts, str(resp.status_code))
                 detail = str(resp.status_code)
                 retryable = resp.status_code >= 500 or resp.status_code == 429
+            except requests.ConnectionError as exc:
+                # Refused or unreachable: it will not recover within a flush budget of
+                # milliseconds, and the next flush resends the cumulative state anyway.
+                return Outcome(False, attempts, type(exc).__name__)
             except requests.RequestException as exc:
                 detail = type(exc).__name__
             except Exception as exc:  # signing / encoding bugs must not escape either
