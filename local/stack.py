@@ -63,6 +63,9 @@ def function_env(sim_url: str | None, environ: Mapping[str, str]) -> dict[str, s
     else:
         Path(".local").mkdir(exist_ok=True)
         env["TRACES_EXPORTER_FILE"] = str(Path(".local/traces.jsonl").resolve())
+    # CloudWatch EMF documents go to a file: the terminal keeps the function logs readable.
+    Path(".local").mkdir(exist_ok=True)
+    env["EMF_OUTPUT_FILE"] = str(Path(".local/emf.jsonl").resolve())
     for name in ("PROMETHEUS_REMOTE_WRITE_URL", "LOCAL_MERCHANT_KEY", "LOCAL_MERCHANT_SECRET"):
         if environ.get(name):
             env[name] = environ[name]

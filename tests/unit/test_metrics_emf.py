@@ -142,6 +142,16 @@ def test_namespace_from_env(capsys, monkeypatch):
     assert [d["_aws"]["CloudWatchMetrics"][0]["Namespace"] for d in docs] == ["Custom/Payments"]
 
 
+def test_emf_output_file_for_the_local_stack(capsys, monkeypatch, tmp_path):
+    target = tmp_path / "emf.jsonl"
+    monkeypatch.setenv("EMF_OUTPUT_FILE", str(target))
+    metrics.COLD_STARTS_TOTAL.inc(function="fn")
+    metrics.flush(0.2)
+    assert capsys.readouterr().out == ""
+    (doc,) = [json.loads(line) for line in target.read_text().splitlines()]
+    assert doc["lambda_cold_starts_total"] == 1
+
+
 def test_wrong_labels_are_programming_errors():
     with pytest.raises(ValueError, match="payment_total"):
         metrics.PAYMENT_TOTAL.inc(status="success", channel="stripe")

@@ -9,6 +9,7 @@ dimension names and values and split into several documents where needed.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -85,8 +86,19 @@ def _document(
 
 
 def write(docs: Iterable[dict[str, Any]]) -> None:
-    """Print each document on its own line; Lambda ships stdout lines to CloudWatch Logs."""
+    """Print each document on its own line; Lambda ships stdout lines to CloudWatch Logs.
+
+    EMF_OUTPUT_FILE (local stack only) appends them to a file instead, keeping a developer's
+    terminal for the function logs.
+    """
     lines = [json.dumps(doc, separators=(",", ":"), allow_nan=False) for doc in docs]
-    if lines:
-        sys.stdout.write("\n".join(lines) + "\n")
-        sys.stdout.flush()
+    if not lines:
+        return
+    text = "\n".join(lines) + "\n"
+    path = os.environ.get("EMF_OUTPUT_FILE")
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(text)
+        return
+    sys.stdout.write(text)
+    sys.stdout.flush()
