@@ -56,6 +56,7 @@ build: $(STAMP)
 	PATH=$(dir $(PY312)):$$PATH $(VENV)/bin/sam build --parallel
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r bench/requirements.txt
 	$(PY) -m bench
 
 load: $(STAMP)
