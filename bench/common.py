@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from local.events import api_event
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
 DEMO_KEY, DEMO_SECRET, DEMO_MERCHANT = "mk_demo", "sk_demo_secret", "merch_demo"
@@ -192,56 +194,6 @@ def closed_port_url() -> str:
 
 
 # --------------------------------------------------------------------------- events
-
-
-def api_event(
-    method: str,
-    route: str,
-    *,
-    path: str | None = None,
-    body: Any = None,
-    path_params: Mapping[str, str] | None = None,
-    key: str = DEMO_KEY,
-    secret: str = DEMO_SECRET,
-) -> Json:
-    """A signed API Gateway HTTP API v2 event (as API Gateway sends it)."""
-    from payments.auth import sign
-
-    path = path or route
-    raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-    ts = str(int(time.time()))
-    headers = {
-        "content-type": "application/json",
-        "x-api-key": key,
-        "x-timestamp": ts,
-        "x-signature": sign(secret, ts, method, path, raw),
-    }
-    return {
-        "version": "2.0",
-        "routeKey": f"{method} {route}",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": headers,
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "bench",
-            "domainName": "localhost",
-            "http": {
-                "method": method,
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "127.0.0.1",
-                "userAgent": "bench",
-            },
-            "requestId": uuid.uuid4().hex,
-            "routeKey": f"{method} {route}",
-            "stage": "$default",
-            "timeEpoch": int(time.time() * 1000),
-        },
-        "pathParameters": dict(path_params or {}),
-        "body": raw.decode(),
-        "isBase64Encoded": False,
-    }
 
 
 def payment_body(amount: int = 1999, payment_method: str = "pm_card_visa") -> Json:

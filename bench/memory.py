@@ -15,7 +15,8 @@ import sys
 import uuid
 from typing import Any
 
-from bench.common import Json, api_event, child_main, create_payment_event, rss_mb
+from bench.common import Json, child_main, create_payment_event, rss_mb
+from local.events import api_event
 
 GROWTH_TOLERANCE_MB = 1.0  # allocator noise; a leak of 1 KB per invocation shows as ~0.9 MB
 

@@ -15,13 +15,12 @@ import argparse
 import json
 import os
 import sys
-import time
 import uuid
 from typing import Any
 
 import requests
 
-from payments.auth import sign
+from payments.auth import signed_headers
 
 
 def _send(method: str, path: str, body: dict[str, Any] | None, idempotency_key: str | None) -> int:
@@ -31,13 +30,7 @@ def _send(method: str, path: str, body: dict[str, Any] | None, idempotency_key: 
         "PAYMENTS_SECRET", os.environ.get("LOCAL_MERCHANT_SECRET", "sk_demo_secret")
     )
     raw = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
-    timestamp = str(int(time.time()))
-    headers = {
-        "Content-Type": "application/json",
-        "X-API-Key": key,
-        "X-Timestamp": timestamp,
-        "X-Signature": sign(secret, timestamp, method, path, raw),
-    }
+    headers = {"Content-Type": "application/json", **signed_headers(key, secret, method, path, raw)}
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
     try:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from payments.auth import sign
+from payments.auth import signed_headers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,12 +46,9 @@ class Stack:
             if body is None
             else (body if isinstance(body, bytes) else json.dumps(body).encode())
         )
-        ts = str(int(time.time()))
         all_headers = {
             "Content-Type": "application/json",
-            "X-API-Key": key,
-            "X-Timestamp": ts,
-            "X-Signature": sign(secret, ts, method, path, raw),
+            **signed_headers(key, secret, method, path, raw),
             **(headers or {}),
         }
         return requests.request(method, self.api + path, data=raw, headers=all_headers, timeout=30)

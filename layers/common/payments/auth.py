@@ -30,6 +30,18 @@ def sign(secret: str, timestamp: str, method: str, path: str, body: bytes) -> st
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
+def signed_headers(
+    key_id: str, secret: str, method: str, path: str, body: bytes, *, timestamp: int | None = None
+) -> dict[str, str]:
+    """The authentication headers a merchant integration sends (clients, tests, benchmarks)."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    return {
+        "X-API-Key": key_id,
+        "X-Timestamp": ts,
+        "X-Signature": sign(secret, ts, method, path, body),
+    }
+
+
 def authenticate(
     *,
     key_id: str | None,
