@@ -66,7 +66,14 @@ def function_env(sim_url: str | None, environ: Mapping[str, str]) -> dict[str, s
     # CloudWatch EMF documents go to a file: the terminal keeps the function logs readable.
     Path(".local").mkdir(exist_ok=True)
     env["EMF_OUTPUT_FILE"] = str(Path(".local/emf.jsonl").resolve())
-    for name in ("PROMETHEUS_REMOTE_WRITE_URL", "LOCAL_MERCHANT_KEY", "LOCAL_MERCHANT_SECRET"):
+    # Locally every invocation writes, so a payment shows up in Prometheus at once.
+    env["PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS"] = "0"
+    for name in (
+        "PROMETHEUS_REMOTE_WRITE_URL",
+        "PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS",
+        "LOCAL_MERCHANT_KEY",
+        "LOCAL_MERCHANT_SECRET",
+    ):
         if environ.get(name):
             env[name] = environ[name]
     return env

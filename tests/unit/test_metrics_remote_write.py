@@ -74,6 +74,8 @@ def _clean(monkeypatch: pytest.MonkeyPatch) -> None:
         "METRICS_FLUSH_TIMEOUT_MS",
     ):
         monkeypatch.delenv(var, raising=False)
+    # Most tests look at every write; the interval itself is tested on its own.
+    monkeypatch.setenv("PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS", "0")
     metrics.reset()
     metrics.configure("fn-test", "svc-test")
 
@@ -354,3 +356,17 @@ def test_sigv4_detection(monkeypatch):
 )
 def test_le_formatting_matches_prometheus(bound, text):
     assert remote_write.format_le(bound) == text
+
+
+def test_remote_write_at_most_once_per_interval(receiver, monkeypatch, capsys):
+    monkeypatch.setenv("PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS", "3600")
+    metrics.PAYMENT_TOTAL.inc(status="success", channel="stripe", currency="USD")
+    metrics.flush(1.0)
+    metrics.PAYMENT_TOTAL.inc(status="success", channel="stripe", currency="USD")
+    metrics.flush(1.0)  # within the interval: EMF only, nothing on the wire
+    assert len(receiver.requests) == 1
+    monkeypatch.setenv("PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS", "0")
+    metrics.flush(1.0)  # the next write carries the cumulative state: nothing was lost
+    assert len(receiver.requests) == 2
+    samples = find(receiver.write_requests()[1], "payment_gateway_payment_total", status="success")
+    assert samples[-1][0] == 2.0

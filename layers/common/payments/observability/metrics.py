@@ -15,6 +15,7 @@ PromQL: histograms have no bare series; the mean amount is
 
 Environment: METRICS_NAMESPACE (EMF namespace, default PaymentGateway),
 METRICS_FLUSH_TIMEOUT_MS (default 200), PROMETHEUS_REMOTE_WRITE_URL,
+PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS (least time between remote writes, default 5),
 PROMETHEUS_REMOTE_WRITE_SIGV4 (true/false; default: on for aps-workspaces hosts),
 PROMETHEUS_REMOTE_WRITE_REGION (else AWS_REGION).
 """
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 PREFIX = "payment_gateway_"
 DEFAULT_NAMESPACE = "PaymentGateway"
 DEFAULT_FLUSH_TIMEOUT_MS = 200
+DEFAULT_REMOTE_WRITE_INTERVAL_S = 5.0
 # Random per execution environment: concurrent Lambdas must never write the same series.
 INSTANCE_ID = uuid.uuid4().hex[:16]
 
@@ -73,6 +75,7 @@ class _State:
         self.delivered_generation = 0
         self.inflight: threading.Thread | None = None
         self.writer: remote_write.Writer | None = None
+        self.last_write_started = -math.inf  # time.monotonic() of the last remote write
 
 
 _state = _State()
@@ -279,6 +282,7 @@ def reset() -> None:
         remote_write_failures = 0
         _state.writer = None  # fresh Session and credentials
         _state.generation = _state.delivered_generation = _state.last_timestamp_ms = 0
+        _state.last_write_started = -math.inf
 
 
 def _flush_timeout(timeout_seconds: float | None) -> float:
@@ -424,6 +428,27 @@ def _remote_write(url: str, deadline: float) -> None:
         _fail(url, outcome[0].detail, outcome[0].attempts)
 
 
+def _remote_write_due() -> bool:
+    """At most one remote write per PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS (default 5).
+
+    State is cumulative, so a skipped flush loses nothing: the next write carries it. Writing
+    on every invocation would put an HTTP round trip on every response for data Prometheus
+    evaluates every 15-60 s. The cost: the last interval of an execution environment that is
+    never invoked again is not delivered.
+    """
+    raw = os.environ.get("PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS", "").strip()
+    try:
+        interval = float(raw) if raw else DEFAULT_REMOTE_WRITE_INTERVAL_S
+    except ValueError:
+        interval = DEFAULT_REMOTE_WRITE_INTERVAL_S
+    now = time.monotonic()
+    with _LOCK:
+        if now - _state.last_write_started < interval:
+            return False
+        _state.last_write_started = now
+    return True
+
+
 def flush(timeout_seconds: float | None = None) -> None:
     """Export what was recorded: EMF deltas to stdout, cumulative state to Prometheus.
 
@@ -438,7 +463,7 @@ def flush(timeout_seconds: float | None = None) -> None:
     except Exception:
         _log.warning("metrics EMF flush failed", exc_info=True)
     url = os.environ.get("PROMETHEUS_REMOTE_WRITE_URL", "").strip()
-    if not url:
+    if not url or not _remote_write_due():
         return
     try:
         _remote_write(url, deadline)
