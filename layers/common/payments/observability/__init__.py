@@ -134,34 +134,16 @@ def _flush_timeout() -> float:
 
 
 def _flush() -> None:
-    """Spans and metrics within ONE bound, concurrently; never raises, never waits longer."""
+    """Spans and metrics within ONE bound, concurrently; never raises, never waits longer.
+
+    `metrics.flush` bounds itself (its remote write runs in a worker thread with the
+    deadline; EMF is a local stdout write), so it runs inline: no thread per invocation.
+    """
     deadline = time.monotonic() + _flush_timeout()
     spans = tracing.begin_flush()  # exports in its own thread while metrics flush
-    _run_bounded(metrics.flush, max(0.0, deadline - time.monotonic()))
+    with contextlib.suppress(Exception):  # flushing must never fail an invocation
+        metrics.flush(max(0.0, deadline - time.monotonic()))
     tracing.wait_flush(spans, deadline)
-
-
-_metrics_flush_thread: threading.Thread | None = None
-
-
-def _run_bounded(function: Callable[[float], None], bound: float) -> None:
-    """Call `function(bound)` in a daemon thread joined with `bound` (guards a hung flush)."""
-    global _metrics_flush_thread  # noqa: PLW0603
-    try:
-        previous = _metrics_flush_thread
-        if previous is not None and previous.is_alive():
-            return  # still stuck in an earlier flush: do not pile threads up
-
-        def run() -> None:
-            with contextlib.suppress(Exception):  # best effort by contract
-                function(bound)
-
-        thread = threading.Thread(target=run, name="metrics-flush", daemon=True)
-        _metrics_flush_thread = thread
-        thread.start()
-        thread.join(bound)
-    except Exception:  # noqa: S110 - flushing must never fail an invocation
-        pass
 
 
 # --------------------------------------------------------------------------- spans
