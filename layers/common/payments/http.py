@@ -1,6 +1,6 @@
-"""API Gateway HTTP API (payload 2.0) events in, Lambda proxy results out.
-
-The one place where typed errors become HTTP responses. Business code never sees events.
+"""API Gateway HTTP API (payload 2.0) events in, Lambda proxy results out, through the
+Powertools Event Handler. The one place where typed errors become HTTP responses; business
+code never sees events.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+
 from payments.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -21,6 +23,10 @@ from payments.errors import (
 )
 from payments.observability import current_trace_id
 from payments.observability.logging import logger
+
+__all__ = ["ApiRequest", "JsonResponse", "Router", "error_body", "respond"]
+
+JsonResponse = Response[str]
 
 MAX_BODY_BYTES = 32 * 1024
 
@@ -56,38 +62,33 @@ class ApiRequest:
         return value
 
 
-def parse_event(event: dict[str, Any], lambda_context: Any = None) -> ApiRequest:
-    http = event["requestContext"]["http"]
+def _request(app: APIGatewayHttpResolver, route: str, path_params: dict[str, str]) -> ApiRequest:
+    event = app.current_event
     raw = event.get("body") or ""
     body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
-    route_key = event.get("routeKey", "$default")
-    route = route_key.split(" ", 1)[1] if " " in route_key else route_key
-    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
     return ApiRequest(
-        method=http["method"].upper(),
+        method=event.http_method.upper(),
         route=route,
-        path=event.get("rawPath") or http.get("path", "/"),
-        headers=headers,
+        path=event.raw_path or event.path,
+        headers={k.lower(): v for k, v in (event.headers or {}).items()},
         body=body,
-        path_params=dict(event.get("pathParameters") or {}),
-        lambda_context=lambda_context,
+        path_params=path_params,
+        lambda_context=app.lambda_context,
     )
 
 
 def respond(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> dict[str, Any]:
+) -> JsonResponse:
+    """A JSON response carrying the request's trace id in the header and the body."""
     trace_id = current_trace_id()
     payload = {**body, "trace_id": trace_id}
-    return {
-        "statusCode": status,
-        "headers": {
-            "Content-Type": "application/json",
-            "X-Trace-ID": trace_id,
-            **(headers or {}),
-        },
-        "body": json.dumps(payload, separators=(",", ":")),
-    }
+    return Response(
+        status_code=status,
+        content_type="application/json",
+        body=json.dumps(payload, separators=(",", ":")),
+        headers={"X-Trace-ID": trace_id, **(headers or {})},
+    )
 
 
 def error_body(err: PaymentError) -> dict[str, Any]:
@@ -97,51 +98,60 @@ def error_body(err: PaymentError) -> dict[str, Any]:
     return {"error": error}
 
 
-def error_response(err: PaymentError) -> dict[str, Any]:
+def error_response(err: PaymentError) -> JsonResponse:
     return respond(err.status, error_body(err), err.headers)
 
 
-RouteHandler = Callable[[ApiRequest], dict[str, Any]]
+RouteHandler = Callable[[ApiRequest], JsonResponse]
 
 
 class Router:
-    """Routes (method, route template) to a function; maps every error in one place."""
+    """Powertools' HTTP API resolver, with every error mapped to a response in one place.
+
+    Routes are written with the template's `{param}` syntax. `served_elsewhere` lists the
+    routes of the API's other functions, so the `$default` catch-all can tell "wrong method"
+    (405) from "no such path" (404) for them too.
+    """
 
     def __init__(self, served_elsewhere: frozenset[tuple[str, str]] = frozenset()) -> None:
-        self._routes: dict[tuple[str, str], RouteHandler] = {}
-        # Routes of other functions of the same API, so the `$default` catch-all can tell
-        # "wrong method" (405) from "no such path" (404) for them too.
-        self._elsewhere = served_elsewhere
+        self.app = APIGatewayHttpResolver()
+        self._templates: set[tuple[str, str]] = set(served_elsewhere)
+        self.app.exception_handler(PaymentError)(error_response)
+        self.app.exception_handler(Exception)(self._unexpected)
+        self.app.not_found(self._not_found)
 
     def route(self, method: str, template: str) -> Callable[[RouteHandler], RouteHandler]:
         def register(fn: RouteHandler) -> RouteHandler:
-            self._routes[(method, template)] = fn
+            def endpoint(**path_params: str) -> JsonResponse:
+                return fn(_request(self.app, template, path_params))
+
+            self.app.route(_PARAM.sub(r"<\1>", template), method=method)(endpoint)
+            self._templates.add((method, template))
             return fn
 
         return register
 
-    def _match(self, request: ApiRequest) -> RouteHandler:
-        handler = self._routes.get((request.method, request.route))
-        if handler:
-            return handler
-        # `$default` (or an unknown route key): decide 404 vs 405 from the raw path.
-        routes = [*self._routes, *self._elsewhere]
-        allowed = [m for (m, t) in routes if _template_matches(t, request.path)]
-        if allowed:
-            raise MethodNotAllowed(headers={"Allow": ", ".join(sorted(allowed))})
-        raise NotFound("No such route.")
-
     def resolve(self, event: dict[str, Any], lambda_context: Any = None) -> dict[str, Any]:
-        try:
-            request = parse_event(event, lambda_context)
-            return self._match(request)(request)
-        except PaymentError as err:
-            return error_response(err)
-        except Exception:
-            logger.exception("unhandled error")
-            return error_response(PaymentError())
+        result: dict[str, Any] = self.app.resolve(event, lambda_context)
+        return result
+
+    def _not_found(self, _error: Exception) -> JsonResponse:
+        path = self.app.current_event.raw_path or self.app.current_event.path
+        allowed = sorted({m for (m, t) in self._templates if _template_matches(t, path)})
+        if allowed:
+            return error_response(MethodNotAllowed(headers={"Allow": ", ".join(allowed)}))
+        return error_response(NotFound("No such route."))
+
+    @staticmethod
+    def _unexpected(_error: Exception) -> JsonResponse:
+        logger.exception("unhandled error")
+        return error_response(PaymentError())
+
+
+_PARAM = re.compile(r"\{([^/{}]+)\}")
 
 
 def _template_matches(template: str, path: str) -> bool:
-    pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+    parts = re.split(r"(\{[^/{}]+\})", template)
+    pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
     return re.fullmatch(pattern, path) is not None

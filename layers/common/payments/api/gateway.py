@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from payments.api import authenticated, parse_body
-from payments.http import ApiRequest, Router, error_body, respond
+from payments.http import ApiRequest, JsonResponse, Router, error_body, respond
 from payments.idempotency import once, validate_key
 from payments.logic import payments as payment_logic
 from payments.logic.recording import payment_attempt
@@ -24,7 +22,7 @@ _METRIC_STATUS = {
 
 
 @router.route("POST", "/api/v1/payments")
-def create_payment(request: ApiRequest) -> dict[str, Any]:
+def create_payment(request: ApiRequest) -> JsonResponse:
     with payment_attempt() as attempt:
         merchant = authenticated(request)
         key = validate_key(request.header("idempotency-key"))
@@ -57,7 +55,7 @@ def create_payment(request: ApiRequest) -> dict[str, Any]:
 
 
 @router.route("GET", "/api/v1/payments/{payment_no}")
-def get_payment(request: ApiRequest) -> dict[str, Any]:
+def get_payment(request: ApiRequest) -> JsonResponse:
     merchant = authenticated(request)
     store = payment_store()
     payment = store.get(request.path_params.get("payment_no", ""), merchant.merchant_id)
@@ -66,14 +64,14 @@ def get_payment(request: ApiRequest) -> dict[str, Any]:
 
 
 @router.route("GET", "/api/v1/orders/{order_no}")
-def get_order(request: ApiRequest) -> dict[str, Any]:
+def get_order(request: ApiRequest) -> JsonResponse:
     merchant = authenticated(request)
     order = order_store().get(request.path_params.get("order_no", ""), merchant.merchant_id)
     return respond(200, order.public())
 
 
 @router.route("GET", "/health")
-def health(_request: ApiRequest) -> dict[str, Any]:
+def health(_request: ApiRequest) -> JsonResponse:
     from payments.health import check
 
     healthy, checks = check()

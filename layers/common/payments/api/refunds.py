@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 from payments.api import authenticated, parse_body
 from payments.channel import get_channel
-from payments.http import ApiRequest, Router, respond
+from payments.http import ApiRequest, JsonResponse, Router, respond
 from payments.idempotency import once, validate_key
 from payments.logic import new_id
 from payments.logic import refunds as refund_logic
@@ -26,7 +25,7 @@ def _refund_no(merchant_id: str, key: str | None) -> str:
 
 
 @router.route("POST", "/api/v1/payments/{payment_no}/refunds")
-def create_refund(request: ApiRequest) -> dict[str, Any]:
+def create_refund(request: ApiRequest) -> JsonResponse:
     with refund_attempt() as attempt:
         merchant = authenticated(request)
         key = validate_key(request.header("idempotency-key"))
