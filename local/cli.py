@@ -38,7 +38,12 @@ def _send(method: str, path: str, body: dict[str, Any] | None, idempotency_key: 
     except requests.ConnectionError:
         print(f"payctl: cannot reach {base} (is `make run` running?)", file=sys.stderr)
         return 2
-    print(f"HTTP {response.status_code}  X-Trace-ID: {response.headers.get('X-Trace-ID', '-')}")
+    status_line = (
+        f"HTTP {response.status_code}  X-Trace-ID: {response.headers.get('X-Trace-ID', '-')}"
+    )
+    if "Retry-After" in response.headers:
+        status_line += f"  Retry-After: {response.headers['Retry-After']}"
+    print(status_line)
     try:
         print(json.dumps(response.json(), indent=2))
     except ValueError:

@@ -362,7 +362,8 @@ class StripeSimulator:
             with self._lock:
                 return _json(200, self._fault.as_json())
         if route == ("POST", "/_sim/fault"):
-            fault = _parse_fault(request.get_json(silent=True))
+            # JSON whatever the Content-Type: `curl -d '{"mode":"error"}'` sends a form type.
+            fault = _parse_fault(request.get_json(force=True, silent=True))
             with self._lock:
                 self._fault = fault
                 return _json(200, fault.as_json())

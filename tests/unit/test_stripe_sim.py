@@ -182,6 +182,16 @@ def test_fault_error_with_count_reverts(client: Client) -> None:
     assert charge(client).status_code == 200
 
 
+def test_fault_knob_accepts_json_sent_as_a_form_like_curl_d(client: Client) -> None:
+    resp = client.post(
+        "/_sim/fault",
+        data='{"mode":"error"}',
+        content_type="application/x-www-form-urlencoded",  # what `curl -d` sends
+    )
+    assert resp.status_code == 200 and js(resp)["mode"] == "error"
+    assert charge(client).status_code == 500
+
+
 def test_fault_error_without_count_persists_until_cleared(client: Client) -> None:
     client.post("/_sim/fault", json={"mode": "error"})
     assert [charge(client).status_code for _ in range(3)] == [500, 500, 500]
