@@ -60,7 +60,9 @@ def function_env(sim_url: str | None, environ: Mapping[str, str]) -> dict[str, s
         env["STRIPE_API_BASE"] = sim_url
     if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
-    else:
+    if environ.get("TRACES_EXPORTER_FILE"):
+        env["TRACES_EXPORTER_FILE"] = environ["TRACES_EXPORTER_FILE"]
+    elif not environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         Path(".local").mkdir(exist_ok=True)
         env["TRACES_EXPORTER_FILE"] = str(Path(".local/traces.jsonl").resolve())
     # CloudWatch EMF documents go to a file: the terminal keeps the function logs readable.

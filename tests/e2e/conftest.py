@@ -28,8 +28,8 @@ def free_port() -> int:
 
 
 class Stack:
-    def __init__(self, process: subprocess.Popen[str], api: str, sim: str) -> None:
-        self.process, self.api, self.sim = process, api, sim
+    def __init__(self, process: subprocess.Popen[str], api: str, sim: str, traces: Path) -> None:
+        self.process, self.api, self.sim, self.traces = process, api, sim, traces
 
     def request(
         self,
@@ -87,7 +87,7 @@ def start(tmp: Path) -> Stack:
             raise RuntimeError((tmp / "stack.log").read_text())
         try:
             if requests.get(f"{api}/health", timeout=1).status_code == 200:
-                return Stack(process, api, f"http://127.0.0.1:{sim_port}")
+                return Stack(process, api, f"http://127.0.0.1:{sim_port}", tmp / "traces.jsonl")
         except requests.ConnectionError:
             time.sleep(0.2)
     process.kill()

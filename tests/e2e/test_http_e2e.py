@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 import uuid
 from typing import Any
 
 import pytest
 import requests
 
-from tests.e2e.conftest import Stack, start, stop
+from tests.e2e.conftest import ROOT, Stack, start, stop
 
 pytestmark = pytest.mark.e2e
 TRACE = re.compile(r"^[0-9a-f]{32}$")
@@ -149,3 +152,35 @@ def test_sigterm_stops_cleanly_and_restart_works(tmp_path: Any) -> None:
         assert requests.get(f"{second.api}/health", timeout=5).status_code == 200
     finally:
         assert stop(second) == 0
+
+
+def _payctl(stack: Stack, *args: str) -> tuple[int, str]:
+    env = {**os.environ, "PAYMENTS_URL": stack.api}
+    done = subprocess.run(
+        [str(ROOT / "bin" / "payctl"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_payctl_walkthrough(stack: Stack) -> None:
+    code, out = _payctl(stack, "pay", "--amount", "1999", "--currency", "USD")
+    assert code == 0 and out.startswith("HTTP 201"), out
+    trace_id = out.split("X-Trace-ID: ")[1].split()[0]
+    payment = json.loads(out.split("\n", 1)[1])
+    code, out = _payctl(stack, "refund", payment["payment_no"], "--amount", "500")
+    assert code == 0 and '"partially_refunded"' in out
+    code, out = _payctl(stack, "refund", payment["payment_no"], "--amount", "1500")
+    assert code == 1 and out.startswith("HTTP 422") and "amount_exceeded" in out
+    code, out = _payctl(stack, "get", payment["payment_no"])
+    assert code == 0 and '"refunded_amount": 500' in out
+    code, out = _payctl(stack, "trace", trace_id, "--file", str(stack.traces))
+    assert code == 0, out
+    assert (
+        "payment-gateway: POST /api/v1/payments" in out
+        and "stripe: POST /v1/payment_intents" in out
+    )

@@ -81,6 +81,10 @@ def test_function_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     otlp = function_env(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318"})
     assert otlp["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel:4318"
     assert "TRACES_EXPORTER_FILE" not in otlp and "STRIPE_API_BASE" not in otlp
+    mine = function_env(None, {"TRACES_EXPORTER_FILE": "/tmp/mine.jsonl"})
+    assert mine["TRACES_EXPORTER_FILE"] == "/tmp/mine.jsonl"  # the shell's choice wins
+    assert env["EMF_OUTPUT_FILE"].endswith(".local/emf.jsonl")
+    assert env["PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS"] == "0"
 
 
 def test_port_in_use_is_one_line_error(
