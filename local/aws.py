@@ -247,6 +247,9 @@ class EmulatorHandle:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        close = getattr(self.runtime, "close", None)
+        if callable(close):
+            close()  # ends the execution-environment processes of an isolated runtime
         for key, old in self._saved_env.items():
             if old is None:
                 os.environ.pop(key, None)
@@ -321,12 +324,15 @@ def start_emulator(
     port: int = 0,
     env_overrides: Mapping[str, str] | None = None,
     runtime: Any = None,
+    *,
+    isolated: bool = False,
 ) -> EmulatorHandle:
     """Serve the local AWS on 127.0.0.1 and provision it from the template.
 
-    Sets the AWS_* variables (endpoint, fake credentials, region) in this process — the
-    functions run in-process and read them — and restores them on stop().
-    `runtime` replaces the LambdaRuntime (tests use a fake).
+    Sets the AWS_* variables (endpoint, fake credentials, region) in this process and
+    restores them on stop(). Functions run in-process (`LambdaRuntime`, for tests) or, with
+    `isolated`, one process per execution environment (`ProcessRuntime`, for `make run`).
+    `runtime` replaces both (tests use a fake).
     """
     moto_api_backend.reset()  # moto state is process-global
     default_user_config["stepfunctions"] = {"execute_state_machine": True}
@@ -340,7 +346,12 @@ def start_emulator(
     fn_keys = {k for fn in template.functions.values() for k in fn.environment}
     saved = {k: os.environ.get(k) for k in {*env, *fn_keys, *overrides}}
     os.environ.update(env)
-    if runtime is None:
+    if runtime is None and isolated:
+        from local.workers import ProcessRuntime
+
+        runtime = ProcessRuntime(template, {**env, **overrides})
+        middleware.runtime = runtime
+    elif runtime is None:
         runtime = LambdaRuntime(template, {**env, **overrides})  # applies the functions' env
         middleware.runtime = runtime
     env.update(getattr(runtime, "env", {}))

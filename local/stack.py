@@ -102,15 +102,23 @@ def start_stack(
     aws_port: int = 0,
     template_path: str = "template.yaml",
     env_overrides: Mapping[str, str] | None = None,
+    *,
+    isolated: bool = False,
 ) -> StackHandle:
-    """Start everything (0 = ephemeral port); on failure, stop what was started and raise."""
+    """Start everything (0 = ephemeral port); on failure, stop what was started and raise.
+
+    `isolated` runs every Lambda execution environment in its own process (`make run`);
+    in-process functions (the default) let tests patch and measure inside the handlers.
+    """
     sim = start_stripe_sim(sim_port)
     sim_url: str | None = getattr(sim, "url", None)
     started: list[Any] = [sim] if sim else []
     try:
         env = {**function_env(sim_url, os.environ), **(env_overrides or {})}
         emulator = _bind(
-            "AWS emulator", aws_port, lambda: start_emulator(template_path, aws_port, env)
+            "AWS emulator",
+            aws_port,
+            lambda: start_emulator(template_path, aws_port, env, isolated=isolated),
         )
         started.append(emulator)
         api = _bind("API", port, lambda: serve_api(emulator.template, emulator.runtime, port))
@@ -145,6 +153,7 @@ def main() -> int:
             port=int(os.environ.get("PAYMENTS_PORT", "3000")),
             sim_port=int(os.environ.get("STRIPE_SIM_PORT", "12111")),
             aws_port=int(os.environ.get("AWS_EMULATOR_PORT", "0")),
+            isolated=True,
         )
     except PortInUseError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -86,9 +86,9 @@ def start(tmp: Path) -> Stack:
         if process.poll() is not None:
             raise RuntimeError((tmp / "stack.log").read_text())
         try:
-            if requests.get(f"{api}/health", timeout=1).status_code == 200:
+            if requests.get(f"{api}/health", timeout=10).status_code == 200:
                 return Stack(process, api, f"http://127.0.0.1:{sim_port}", tmp / "traces.jsonl")
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or the gateway still cold
             time.sleep(0.2)
     process.kill()
     raise RuntimeError("local stack did not become ready in 60 s")
