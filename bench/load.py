@@ -259,8 +259,11 @@ def run(merchants: int = 4, seconds: float = 40.0, max_requests: int = 20_000) -
     from local.stack import start_stack
 
     quiet_logs()
+    # Isolated, as `make run`: every execution environment is its own process.
     stack = start_stack(
-        port=0, env_overrides={"TRACES_EXPORTER_FILE": "", "PROMETHEUS_REMOTE_WRITE_URL": ""}
+        port=0,
+        env_overrides={"TRACES_EXPORTER_FILE": "", "PROMETHEUS_REMOTE_WRITE_URL": ""},
+        isolated=True,
     )
     try:
         accounts = _provision(stack, merchants)
