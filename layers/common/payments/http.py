@@ -34,7 +34,6 @@ MAX_BODY_BYTES = 32 * 1024
 @dataclass(frozen=True)
 class ApiRequest:
     method: str
-    route: str
     path: str
     headers: dict[str, str]
     body: bytes
@@ -62,13 +61,12 @@ class ApiRequest:
         return value
 
 
-def _request(app: APIGatewayHttpResolver, route: str, path_params: dict[str, str]) -> ApiRequest:
+def _request(app: APIGatewayHttpResolver, path_params: dict[str, str]) -> ApiRequest:
     event = app.current_event
     raw = event.get("body") or ""
     body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
     return ApiRequest(
         method=event.http_method.upper(),
-        route=route,
         path=event.raw_path or event.path,
         headers={k.lower(): v for k, v in (event.headers or {}).items()},
         body=body,
@@ -123,7 +121,7 @@ class Router:
     def route(self, method: str, template: str) -> Callable[[RouteHandler], RouteHandler]:
         def register(fn: RouteHandler) -> RouteHandler:
             def endpoint(**path_params: str) -> JsonResponse:
-                return fn(_request(self.app, template, path_params))
+                return fn(_request(self.app, path_params))
 
             self.app.route(_PARAM.sub(r"<\1>", template), method=method)(endpoint)
             self._templates.add((method, template))

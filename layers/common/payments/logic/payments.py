@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from payments.auth import Merchant
-from payments.errors import OUTCOME_ERRORS, ChannelUnavailable, PaymentError
+from payments.errors import OUTCOME_ERRORS, PaymentError
 from payments.logic import new_id, utc_now
 from payments.models import CreatePaymentRequest, Payment, PaymentStatus, RiskAssessment
 from payments.observability.logging import logger
@@ -107,10 +107,3 @@ def create(
         fields["failure_code"] = charge.get("decline_code") or error_code
     final = payments.finalize(payment.payment_no, status, now=utc_now(), fields=fields)
     return PaymentOutcome(payment=final, error_code=error_code)
-
-
-def retry_after_of(outcome: PaymentOutcome) -> dict[str, str]:
-    error = outcome.error()
-    if isinstance(error, ChannelUnavailable):
-        return dict(error.headers)
-    return {}

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from payments.channel import ChannelClient
 from payments.errors import InvalidStatus, RefundFailed
 from payments.logic import new_id, utc_now
+from payments.logic.orders import mark_refunded
 from payments.models import REFUNDABLE_STATUSES, Payment, PaymentStatus, Refund, RefundRequest
 from payments.observability.logging import logger
 from payments.store.orders import OrderStore
@@ -67,8 +68,6 @@ def refund(
     updated = payments.complete_refund(made, now=utc_now())
     if updated.status is PaymentStatus.REFUNDED and updated.order_no:
         try:
-            from payments.logic.orders import mark_refunded
-
             mark_refunded(updated.order_no, orders)
         except InvalidStatus:
             logger.warning("order not in paid status when fully refunded")

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -273,29 +274,23 @@ def sampler_from_env() -> Sampler:
     raw = _env("JAEGER_SAMPLING_RATE")
     if not raw:
         return ParentBased(ALWAYS_ON)
-    try:
-        rate = float(raw)
-    except ValueError:
-        raise TracingConfigError(
-            f"JAEGER_SAMPLING_RATE must be a number from 0 to 100, got {raw!r}"
-        ) from None
-    if not 0.0 <= rate <= 100.0:
-        raise TracingConfigError(f"JAEGER_SAMPLING_RATE must be from 0 to 100, got {raw!r}")
+    rate = _bounded("JAEGER_SAMPLING_RATE", raw, 100.0)
     return ParentBased(TraceIdRatioBased(rate / 100.0))
 
 
 def _ratio(arg: str) -> float:
-    if not arg:
-        return 1.0
+    return _bounded("OTEL_TRACES_SAMPLER_ARG", arg, 1.0) if arg else 1.0
+
+
+def _bounded(name: str, raw: str, upper: float) -> float:
+    """A number from 0 to `upper`, or a TracingConfigError naming the variable."""
     try:
-        ratio = float(arg)
+        value = float(raw)
     except ValueError:
-        raise TracingConfigError(
-            f"OTEL_TRACES_SAMPLER_ARG must be a ratio from 0 to 1, got {arg!r}"
-        ) from None
-    if not 0.0 <= ratio <= 1.0:
-        raise TracingConfigError(f"OTEL_TRACES_SAMPLER_ARG must be from 0 to 1, got {arg!r}")
-    return ratio
+        value = math.nan
+    if not 0.0 <= value <= upper:  # NaN fails too
+        raise TracingConfigError(f"{name} must be a number from 0 to {upper:g}, got {raw!r}")
+    return value
 
 
 def _otel_sampler(name: str, arg: str) -> Sampler:
