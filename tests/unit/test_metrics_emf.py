@@ -190,8 +190,10 @@ def test_declarations_have_units_help_and_buckets():
                 assert m.buckets[0] == 64 and m.buckets[-1] == 1024 * 1024
             else:
                 assert m.buckets[0] == 1 and m.buckets[-1] == 100000
-        else:
+        elif isinstance(m, metrics.Counter):
             assert m.name.endswith("_total")
+        else:
+            assert isinstance(m, metrics.Gauge) and not m.name.endswith("_total")
     assert metrics.PAYMENT_DURATION.labels == ("operation", "status")
 
 
@@ -211,3 +213,19 @@ def test_histogram_buckets_are_cumulative_and_consistent(values):
     assert snap.sum == pytest.approx(math.fsum(values), rel=1e-9, abs=1e-6)
     for bound, n in snap.buckets:
         assert n == sum(v <= bound for v in values)
+
+
+def test_gauge_exports_its_latest_value_to_emf_and_remote_write_series():
+    metrics.reset()
+    metrics.PAYMENTS_UNRESOLVED.set(3, kind="payment")
+    metrics.PAYMENTS_UNRESOLVED.set(2, kind="payment")
+    with metrics._LOCK:
+        entries = metrics._emf_entries()
+        series, metadata, _ = metrics._collect_series(10_000)
+    gauge = [e for e in entries if e.name == "payments_unresolved"]
+    assert [list(e.values) for e in gauge] == [[2]]
+    named = [s for s in series if dict(s.labels)["__name__"] == "payment_gateway_payments_unresolved"]
+    assert len(named) == 1 and named[0].samples == ((2.0, 10_000),)
+    assert any(m.family == "payment_gateway_payments_unresolved" and m.type == 2 for m in metadata)
+    assert metrics.snapshot()["payments_unresolved"] == {("payment",): 2.0}
+    metrics.reset()

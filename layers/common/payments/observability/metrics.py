@@ -203,6 +203,37 @@ class Histogram(_Metric):
         self._pending.clear()
 
 
+class Gauge(_Metric):
+    """A value that goes up and down (a backlog, an age). `set` replaces it."""
+
+    kind = "gauge"
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        labels: tuple[str, ...],
+        unit: str = "",
+    ) -> None:
+        super().__init__(name, help, labels, unit)
+        self._values: dict[Key, float] = {}
+        self._pending: dict[Key, float] = {}
+
+    def set(self, value: float, **labels: LabelValue) -> None:
+        key = self._key(labels)
+        if not math.isfinite(value):
+            return
+        with _LOCK:
+            self._values[key] = value
+            self._pending[key] = value
+            _state.generation += 1
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._values.clear()
+        self._pending.clear()
+
+
 HTTP_REQUESTS_TOTAL = Counter(
     "http_requests_total", "HTTP requests handled.", ("method", "path", "status")
 )
@@ -247,6 +278,25 @@ REFUND_AMOUNT = Histogram(
 COLD_STARTS_TOTAL = Counter(
     "lambda_cold_starts_total", "Lambda execution environments started.", ("function",)
 )
+RECONCILIATION_TOTAL = Counter(
+    "reconciliation_total",
+    "Reconciliation attempts of unresolved payments and refunds, by outcome.",
+    ("kind", "outcome"),
+)
+PAYMENTS_UNRESOLVED = Gauge(
+    "payments_unresolved",
+    "Payments left processing / refunds left pending beyond the grace period.",
+    ("kind",),
+)
+PAYMENTS_UNRESOLVED_OLDEST = Gauge(
+    "payments_unresolved_oldest_age_seconds",
+    "Age of the oldest unresolved payment or refund (0 when there is none).",
+    ("kind",),
+    "seconds",
+)
+WEBHOOK_EVENTS_TOTAL = Counter(
+    "webhook_events_total", "Provider webhook events received, by result.", ("type", "result")
+)
 
 
 def configure(function_name: str, service: str) -> None:
@@ -268,6 +318,8 @@ def snapshot() -> dict[str, dict[Key, float | HistogramSnapshot]]:
                 out[m.name] = dict(m._totals)
             elif isinstance(m, Histogram):
                 out[m.name] = {key: m._snapshot(key) for key in m._counts}
+            elif isinstance(m, Gauge):
+                out[m.name] = dict(m._values)
     return out
 
 
@@ -299,11 +351,11 @@ def _emf_entries() -> list[emf.Entry]:
     entries = []
     for m in _REGISTRY:
         pending: dict[Key, float] | dict[Key, list[float]]
-        if isinstance(m, Counter):
-            pending, unit = m._pending, "Count"
+        if isinstance(m, Counter | Gauge):
+            pending, unit = m._pending, _EMF_UNITS.get(m.unit, "Count")
         elif isinstance(m, Histogram):
             pending, unit = m._pending, _EMF_UNITS.get(m.unit, "None")
-        else:  # pragma: no cover - only two kinds exist
+        else:  # pragma: no cover - only three kinds exist
             continue
         for key, value in pending.items():
             dims = (("service", _state.service), *zip(m.labels, key, strict=True))
@@ -326,7 +378,11 @@ def _collect_series(
 ) -> tuple[list[remote_write.Series], list[remote_write.Metadata], list[tuple[_Metric, Key]]]:
     """Cumulative state as remote-write series (caller holds _LOCK)."""
     from payments.observability import remote_write
-    from payments.observability.remote_write_pb import METRIC_TYPE_COUNTER, METRIC_TYPE_HISTOGRAM
+    from payments.observability.remote_write_pb import (
+        METRIC_TYPE_COUNTER,
+        METRIC_TYPE_GAUGE,
+        METRIC_TYPE_HISTOGRAM,
+    )
 
     series: list[remote_write.Series] = []
     metadata: list[remote_write.Metadata] = []
@@ -336,9 +392,11 @@ def _collect_series(
         if isinstance(m, Counter):
             state: dict[Key, float] | dict[Key, list[int]] = m._totals
             mtype = METRIC_TYPE_COUNTER
+        elif isinstance(m, Gauge):
+            state, mtype = m._values, METRIC_TYPE_GAUGE
         elif isinstance(m, Histogram):
             state, mtype = m._counts, METRIC_TYPE_HISTOGRAM
-        else:  # pragma: no cover - only two kinds exist
+        else:  # pragma: no cover - only three kinds exist
             continue
         if not state:
             continue
@@ -350,6 +408,10 @@ def _collect_series(
             if isinstance(m, Counter):
                 labels = remote_write.label_set(common, own, {"__name__": m.prometheus_name})
                 series.append(remote_write.Series(labels, _samples(m, key, m._totals[key], ts)))
+                continue
+            if isinstance(m, Gauge):  # a gauge needs no leading 0: its value is the sample
+                labels = remote_write.label_set(common, own, {"__name__": m.prometheus_name})
+                series.append(remote_write.Series(labels, ((m._values[key], ts),)))
                 continue
             assert isinstance(m, Histogram)
             snap = m._snapshot(key)

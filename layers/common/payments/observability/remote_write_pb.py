@@ -17,6 +17,7 @@ _F = descriptor_pb2.FieldDescriptorProto
 
 # MetricMetadata.MetricType values from prompb/types.proto.
 METRIC_TYPE_COUNTER = 1
+METRIC_TYPE_GAUGE = 2
 METRIC_TYPE_HISTOGRAM = 3
 
 
