@@ -224,7 +224,8 @@ def test_gauge_exports_its_latest_value_to_emf_and_remote_write_series():
         series, metadata, _ = metrics._collect_series(10_000)
     gauge = [e for e in entries if e.name == "payments_unresolved"]
     assert [list(e.values) for e in gauge] == [[2]]
-    named = [s for s in series if dict(s.labels)["__name__"] == "payment_gateway_payments_unresolved"]
+    name = "payment_gateway_payments_unresolved"
+    named = [s for s in series if dict(s.labels)["__name__"] == name]
     assert len(named) == 1 and named[0].samples == ((2.0, 10_000),)
     assert any(m.family == "payment_gateway_payments_unresolved" and m.type == 2 for m in metadata)
     assert metrics.snapshot()["payments_unresolved"] == {("payment",): 2.0}
