@@ -18,7 +18,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from bench.common import DEMO_KEY, DEMO_MERCHANT, DEMO_SECRET, ROOT
 
@@ -101,39 +101,52 @@ class FakePayments:
     def refunds(self, payment_no: str) -> list[Any]:
         return []
 
-    def finalize(self, payment_no: str, status: Any, *, now: str, fields: dict[str, Any]) -> Any:
+    def holder_of(self, merchant_id: str, merchant_order_no: str) -> str | None:
+        return self.guards.get(f"{merchant_id}#{merchant_order_no}")
+
+    def settle(self, payment: Any, settlement: Any, *, now: str) -> Any:
         from payments.models import PaymentStatus
 
-        values = {k: v for k, v in fields.items() if k != "amount"}
-        if status is PaymentStatus.SUCCEEDED:
-            values["refundable_amount"] = fields["amount"]
-        current = self.items[payment_no]
+        values = dict(settlement.fields)
+        current = self.items[payment.payment_no]
+        if settlement.status is PaymentStatus.SUCCEEDED:
+            values["refundable_amount"] = current.amount
         updated = current.model_validate(
-            {**current.model_dump(), **values, "status": status, "updated_at": now}
+            {**current.model_dump(), **values, "status": settlement.status, "updated_at": now}
         )
+        self.items[payment.payment_no] = updated
+        return updated
+
+    def note(self, payment_no: str, fields: dict[str, Any], *, now: str) -> Any:
+        current = self.items[payment_no]
+        updated = current.model_validate({**current.model_dump(), **fields, "updated_at": now})
         self.items[payment_no] = updated
         return updated
 
-    def reserve_refund(self, payment_no: str, amount: int, *, now: str) -> Any:
+    def get_refund(self, payment_no: str, refund_no: str) -> Any:
+        return None
+
+    def begin_refund(self, refund: Any) -> Any:
         from payments.errors import AmountExceeded
 
-        current = self.items[payment_no]
-        if current.refundable_amount < amount:
+        current = self.items[refund.payment_no]
+        if current.refundable_amount < refund.amount:
             raise AmountExceeded("amount exceeds the refundable amount.")
         updated = current.model_copy(
-            update={"refundable_amount": current.refundable_amount - amount}
+            update={"refundable_amount": current.refundable_amount - refund.amount}
         )
-        self.items[payment_no] = updated
+        self.items[refund.payment_no] = updated
         return updated
 
-    def release_refund(self, payment_no: str, amount: int, *, now: str) -> None:
-        current = self.items[payment_no]
-        self.items[payment_no] = current.model_copy(
-            update={"refundable_amount": current.refundable_amount + amount}
+    def fail_refund(self, refund: Any, *, failure_code: str, now: str, forget: bool = False) -> Any:
+        current = self.items[refund.payment_no]
+        self.items[refund.payment_no] = current.model_copy(
+            update={"refundable_amount": current.refundable_amount + refund.amount}
         )
+        return None if forget else refund.model_copy(update={"status": "failed"})
 
-    def complete_refund(self, refund: Any, *, now: str) -> Any:
-        from payments.models import PaymentStatus
+    def complete_refund(self, refund: Any, *, channel_reference: str | None, now: str) -> Any:
+        from payments.models import PaymentStatus, RefundStatus
 
         current = self.items[refund.payment_no]
         refunded = current.refunded_amount + refund.amount
@@ -146,7 +159,10 @@ class FakePayments:
             update={"refunded_amount": refunded, "status": status, "updated_at": now}
         )
         self.items[refund.payment_no] = updated
-        return updated
+        made = refund.model_copy(
+            update={"status": RefundStatus.SUCCEEDED, "channel_reference": channel_reference}
+        )
+        return made, updated
 
 
 class FakeOrders:
@@ -156,6 +172,9 @@ class FakeOrders:
     def create(self, order: Any) -> Any:
         self.items.setdefault(order.order_no, order)
         return self.items[order.order_no]
+
+    def find(self, order_no: str) -> Any:
+        return self.items.get(order_no)
 
     def get(self, order_no: str, merchant_id: str | None = None) -> Any:
         from payments.errors import NotFound
@@ -183,11 +202,18 @@ class FakeVelocity:
         self.counts: _Bounded = _Bounded()
 
     def record_and_count(
-        self, customer_id: str, payment_no: str, *, now_ms: int, window_seconds: int
+        self, customer_id: str, payment_no: str, *, at_ms: int, window_seconds: int
     ) -> int:
         count = int(self.counts.get(customer_id, 0)) + 1
         self.counts[customer_id] = count
         return count
+
+
+class FakeBreaker:
+    """Always closed: the fakes never fail."""
+
+    def remaining_seconds(self) -> int:
+        return 0
 
 
 class FakeChannel:
@@ -221,7 +247,12 @@ class FakeWorkflow:
         # Through JSON both ways, as Step Functions and Lambda do.
         return json.loads(json.dumps(handler(json.loads(json.dumps(payload)), Context(name))))
 
-    def run(self, execution_input: dict[str, Any], *, name: str) -> dict[str, Any]:
+    def run(self, execution_input: Any, *, name: str) -> Any:
+        from payments.tasks import WorkflowOutput
+
+        return WorkflowOutput.model_validate(self._run(execution_input.model_dump(mode="json")))
+
+    def _run(self, execution_input: dict[str, Any]) -> dict[str, Any]:
         payment = execution_input["payment"]
         base = {"trace_context": execution_input.get("trace_context", {}), "payment": payment}
         if self.mode != "inline":
@@ -303,9 +334,9 @@ def install(*, workflow: str = "inline", unwrap: bool = False, real_channel: boo
         for name, factory in factories.items():
             if hasattr(module, name):
                 setattr(module, name, factory)
+    setattr(payments.api.gateway, "breaker", lambda _name: FakeBreaker())  # noqa: B010
     if not real_channel:
-        with payments.channel._lock:
-            payments.channel._clients["stripe"] = FakeChannel()
+        payments.services.use_channel("stripe", cast(Any, FakeChannel()))
     # Task handlers import `order_store`/`velocity_store` from payments.services at load time,
     # so the workflow's handlers are loaded only now, after the patch.
     fakes.workflow = FakeWorkflow(workflow, unwrap)

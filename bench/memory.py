@@ -115,6 +115,7 @@ def _events(function: str, store: Any, spec: Json) -> Any:
             body = payment(i)
             charge = get_channel("stripe").charge(
                 payment_no=body["payment_no"],
+                merchant_order_no=body["merchant_order_no"],
                 amount=10_000_000,
                 currency="USD",
                 payment_method="pm_card_visa",

@@ -21,7 +21,10 @@ STACK_NAME = "payments-local"
 
 # Dynamic references ({{resolve:ssm:...}}) have no local store: these are the values
 # used unless the caller overrides the variable; anything else resolves to "local".
-LOCAL_SECRETS: dict[str, str] = {"STRIPE_API_KEY": "sk_test_local"}
+LOCAL_SECRETS: dict[str, str] = {
+    "STRIPE_API_KEY": "sk_test_local",
+    "STRIPE_WEBHOOK_SECRETS": "whsec_local_secret",
+}
 
 
 def function_arn(name: str) -> str:

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import time
+from datetime import datetime
 from typing import Any
 
 from payments.config import get_settings
 from payments.logic.risk import assess
 from payments.observability import instrument, tracing
 from payments.services import velocity_store
+from payments.tasks import TaskInput
 
 
 @instrument("risk-service")
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    payment = event["payment"]
+    task = TaskInput.model_validate(event)
+    payment = task.payment
     settings = get_settings()
+    # The payment's own creation time, not "now": a retried step counts it once.
+    created_ms = int(datetime.fromisoformat(payment.created_at).timestamp() * 1000)
 
     def count_recent(customer_id: str) -> int:
         return velocity_store().record_and_count(
             customer_id,
-            payment["payment_no"],
-            now_ms=int(time.time() * 1000),
+            payment.payment_no,
+            at_ms=created_ms,
             window_seconds=settings.risk_velocity_window_seconds,
         )
 

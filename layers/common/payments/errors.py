@@ -112,13 +112,8 @@ class OrderCreationFailed(PaymentError):
     default_message = "The order could not be created; no charge was made."
 
 
-OUTCOME_ERRORS: dict[str, type[PaymentError]] = {
-    cls.code: cls
-    for cls in (
-        RiskRejected,
-        ChannelDeclined,
-        ChannelUnavailable,
-        OrderCreationFailed,
-        PaymentError,
-    )
-}
+class InvalidSignature(PaymentError):
+    """A provider webhook whose signature, timestamp or body could not be verified."""
+
+    code, status = "invalid_signature", 400
+    default_message = "The webhook signature could not be verified."

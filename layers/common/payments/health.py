@@ -1,25 +1,35 @@
-"""GET /health: storage reachable and circuit-breaker states."""
+"""GET /health: storage reachable, the provider circuit breakers as every execution
+environment sees them (the shared state, not this function's own breaker, which never
+calls the provider), and the reconciliation backlog."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
 def check() -> tuple[bool, dict[str, Any]]:
-    from payments.channel import breaker_states
+    from payments import services
+    from payments.channel import SUPPORTED
+    from payments.channel.breaker import describe
     from payments.config import get_settings
-    from payments.store.clients import dynamodb
+    from payments.logic.reconcile import backlog
 
     checks: dict[str, Any] = {}
     healthy = True
     try:
-        dynamodb().describe_table(TableName=get_settings().payments_table)
+        store = services.breaker_store()
+        now = time.time()
+        breakers = {name: describe(store.opened_until(name), now) for name in SUPPORTED}
         checks["storage"] = "ok"
     except Exception:
         checks["storage"] = "unreachable"
-        healthy = False
-    breakers = breaker_states()
+        return False, checks
     checks["circuit_breakers"] = breakers
-    if any(state == "open" for state in breakers.values()):
+    if any(b["state"] == "open" for b in breakers.values()):
         healthy = False
+    try:
+        checks["reconciliation"] = backlog(services.payment_store(), get_settings())
+    except Exception:
+        checks["reconciliation"] = "unavailable"
     return healthy, checks

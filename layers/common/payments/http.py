@@ -39,6 +39,7 @@ class ApiRequest:
     body: bytes
     path_params: dict[str, str] = field(default_factory=dict)
     lambda_context: Any = field(default=None, repr=False, compare=False)
+    query: dict[str, str] = field(default_factory=dict)
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -72,6 +73,7 @@ def _request(app: APIGatewayHttpResolver, path_params: dict[str, str]) -> ApiReq
         body=body,
         path_params=path_params,
         lambda_context=app.lambda_context,
+        query=dict(event.query_string_parameters or {}),
     )
 
 

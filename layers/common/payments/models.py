@@ -38,6 +38,12 @@ class OrderStatus(StrEnum):
     REFUNDED = "refunded"
 
 
+class RefundStatus(StrEnum):
+    PENDING = "pending"  # the provider's answer is unknown; the amount stays reserved
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 class RiskDecision(StrEnum):
     APPROVE = "approve"
     REVIEW = "review"
@@ -88,6 +94,17 @@ class CreatePaymentRequest(_Strict):
         return value
 
 
+class ListPaymentsQuery(_Strict):
+    """GET /api/v1/payments query string (values arrive as strings)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    merchant_order_no: MerchantOrderNo | None = None
+    status: PaymentStatus | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 10
+    starting_after: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+
+
 class RefundRequest(_Strict):
     amount: int
     reason: ShortText | None = None
@@ -102,6 +119,23 @@ class RiskAssessment(BaseModel):
     decision: RiskDecision
     score: Annotated[int, Field(ge=0, le=100)]
     reasons: list[str] = Field(default_factory=list)
+
+
+class Failure(BaseModel):
+    """Why a step did not succeed: a stable code, and when a retry can succeed (seconds)."""
+
+    code: str
+    retry_after: int | None = None
+    message: str = ""
+
+
+class Reconciliation(BaseModel):
+    """What the reconciler has learnt about an unresolved payment or refund so far."""
+
+    attempts: int = 0
+    first_miss_at: str | None = None  # first lookup that found nothing at the provider
+    next_at: str | None = None  # not looked at again before this time
+    exhausted: bool = False  # retry budget spent: left for an operator, counted, alerted
 
 
 class Payment(BaseModel):
@@ -127,6 +161,13 @@ class Payment(BaseModel):
     created_at: str
     updated_at: str
     trace_id: str = ""
+    # The request's W3C traceparent: reconciliation spans link back to it.
+    trace_parent: str | None = None
+    # Hash of (merchant, Idempotency-Key, body): a re-run of the same request finds its payment.
+    request_fingerprint: str | None = Field(default=None, repr=False)
+    reconciliation: Reconciliation | None = None
+    # A charge the provider made after the payment was settled failed (refunded or flagged).
+    late_charge: dict[str, str] | None = None
 
     def public(self, trace_id: str) -> dict[str, Any]:
         """The payment object of the merchant API (SPEC §2)."""
@@ -178,17 +219,23 @@ class Refund(BaseModel):
     payment_no: str
     amount: int
     currency: str
-    status: str
+    status: RefundStatus
     reason: str | None = None
     channel_reference: str | None = None
+    failure_code: str | None = None
     created_at: str
+    updated_at: str | None = None
+    trace_parent: str | None = None
+    reconciliation: Reconciliation | None = None
+    # A charge the provider made after the payment was settled failed (refunded or flagged).
+    late_charge: dict[str, str] | None = None
 
     def public(self) -> dict[str, Any]:
         return {
             "refund_no": self.refund_no,
             "amount": self.amount,
             "currency": self.currency,
-            "status": self.status,
+            "status": self.status.value,
             "reason": self.reason,
             "created_at": self.created_at,
         }

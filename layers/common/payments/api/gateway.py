@@ -2,23 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
+
+from pydantic import ValidationError
+
 from payments.api import authenticated, parse_body
 from payments.http import ApiRequest, JsonResponse, Router, error_body, respond
 from payments.idempotency import once, validate_key
 from payments.logic import payments as payment_logic
 from payments.logic.recording import payment_attempt
-from payments.models import CreatePaymentRequest, PaymentStatus
+from payments.models import (
+    CreatePaymentRequest,
+    ListPaymentsQuery,
+    PaymentStatus,
+    invalid_request_from,
+)
 from payments.observability import tracing
-from payments.services import order_store, payment_store, workflow
+from payments.services import breaker, order_store, payment_store, workflow
 
-router = Router(served_elsewhere=frozenset({("POST", "/api/v1/payments/{payment_no}/refunds")}))
+router = Router(
+    served_elsewhere=frozenset(
+        {("POST", "/api/v1/payments/{payment_no}/refunds"), ("POST", "/webhooks/stripe")}
+    )
+)
 
-_SUCCESS_STATUS = {PaymentStatus.SUCCEEDED: 201, PaymentStatus.PENDING_REVIEW: 202}
 _METRIC_STATUS = {
     PaymentStatus.SUCCEEDED: "success",
     PaymentStatus.PENDING_REVIEW: "pending_review",
     PaymentStatus.RISK_REJECTED: "risk_rejected",
+    PaymentStatus.PROCESSING: "processing",
 }
+
+
+def _fingerprint(merchant_id: str, key: str | None, body: bytes) -> str | None:
+    """Identifies one merchant request across re-runs (same key, same bytes)."""
+    if key is None:
+        return None
+    digest = hashlib.sha256(body).hexdigest()
+    return hashlib.sha256(f"{merchant_id}\n{key}\n{digest}".encode()).hexdigest()
 
 
 @router.route("POST", "/api/v1/payments")
@@ -33,8 +54,11 @@ def create_payment(request: ApiRequest) -> JsonResponse:
                 merchant,
                 command,
                 payments=payment_store(),
+                orders=order_store(),
                 workflow=workflow(),
+                breaker=breaker(command.channel),
                 trace_context=tracing.inject_context(),
+                fingerprint=_fingerprint(merchant.merchant_id, key, request.body),
             ),
             model=payment_logic.PaymentOutcome,
             operation="create_payment",
@@ -50,8 +74,30 @@ def create_payment(request: ApiRequest) -> JsonResponse:
         body = payment.public(trace_id="")
         error = outcome.error()
         if error is None:
-            return respond(_SUCCESS_STATUS[payment.status], body)
-        return respond(error.status, {**body, **error_body(error)}, error.headers)
+            return respond(outcome.http_status(), body)
+        err = error_body(error)
+        if outcome.decline_code:
+            err["error"]["decline_code"] = outcome.decline_code
+        return respond(error.status, {**body, **err}, error.headers)
+
+
+@router.route("GET", "/api/v1/payments")
+def list_payments(request: ApiRequest) -> JsonResponse:
+    merchant = authenticated(request)
+    try:
+        query = ListPaymentsQuery.model_validate(request.query)
+    except ValidationError as err:
+        raise invalid_request_from(
+            [dict(e) for e in err.errors(include_input=False, include_url=False)]
+        ) from None
+    page, has_more = payment_store().list_payments(
+        merchant.merchant_id,
+        merchant_order_no=query.merchant_order_no,
+        status=query.status,
+        limit=query.limit,
+        starting_after=query.starting_after,
+    )
+    return respond(200, {"data": [p.public(trace_id="") for p in page], "has_more": has_more})
 
 
 @router.route("GET", "/api/v1/payments/{payment_no}")

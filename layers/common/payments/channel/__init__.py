@@ -1,27 +1,40 @@
 """Payment-provider ("channel") clients behind one small interface.
 
-A decline is a result (`outcome="declined"`), not an exception. Exceptions are reserved for
-"we could not get an answer" (`ChannelUnavailable`, 503, retry later) and "the provider
-rejected our request as malformed or unauthorised" (`ChannelError`, 502, a config bug).
+Every provider call ends in exactly one outcome (SPEC §4, "never lie about money"):
+
+* an answer from the provider — `succeeded` or `declined` — is final;
+* `unavailable`: the request provably never reached the provider (circuit open, connection
+  refused, rate-limited before execution) — final, nothing happened, retry later;
+* `rejected`: the provider refused the request itself (bad key, invalid parameters) — final,
+  nothing happened, a configuration bug;
+* `unknown`: the request may have been executed (timeout, 5xx, connection lost after
+  sending, 409 `idempotency_key_in_use`) — never a failure: keep it, reconcile it.
+
+Lookups (`find_intent`, `find_refund`) re-read the provider's state for reconciliation and
+raise `LookupFailed` when they get no answer.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Literal, Protocol
+from enum import StrEnum
+from typing import Protocol
 
 from pydantic import BaseModel
 
-from payments.channel.breaker import CircuitBreaker
-from payments.config import get_settings
 from payments.errors import PaymentError, UnsupportedChannel
+from payments.models import Failure
 
 __all__ = [
+    "SUPPORTED",
+    "CallOutcome",
     "ChannelClient",
     "ChannelError",
     "ChargeResult",
+    "Failure",
+    "LookupFailed",
+    "ProviderIntent",
+    "ProviderRefund",
     "RefundResult",
-    "breaker_states",
     "get_channel",
     "reset_channels",
 ]
@@ -29,16 +42,54 @@ __all__ = [
 SUPPORTED = ("stripe",)
 
 
+class CallOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"
+    UNAVAILABLE = "unavailable"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+
+
+FINAL_FAILURES = frozenset({CallOutcome.DECLINED, CallOutcome.UNAVAILABLE, CallOutcome.REJECTED})
+
+
 class ChargeResult(BaseModel):
-    outcome: Literal["succeeded", "declined"]
-    channel_reference: str | None
-    decline_code: str | None
+    outcome: CallOutcome
+    channel_reference: str | None = None
+    decline_code: str | None = None
+    failure: Failure | None = None
 
 
 class RefundResult(BaseModel):
-    outcome: Literal["succeeded", "declined"]
-    channel_reference: str | None
-    decline_code: str | None
+    outcome: CallOutcome
+    channel_reference: str | None = None
+    decline_code: str | None = None
+    failure: Failure | None = None
+
+
+class IntentState(StrEnum):
+    """What the provider's own record says about a charge."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # declined, canceled, or never confirmed: no money moved
+    PENDING = "pending"  # still in progress at the provider
+
+
+class ProviderIntent(BaseModel):
+    id: str
+    state: IntentState
+    amount: int
+    currency: str
+    payment_no: str | None = None
+    decline_code: str | None = None
+
+
+class ProviderRefund(BaseModel):
+    id: str
+    state: IntentState
+    amount: int
+    refund_no: str | None = None
+    failure_reason: str | None = None
 
 
 class ChannelError(PaymentError):
@@ -48,11 +99,16 @@ class ChannelError(PaymentError):
     default_message = "The payment channel rejected the request."
 
 
+class LookupFailed(Exception):
+    """A lookup got no answer from the provider (breaker open, timeout, 5xx)."""
+
+
 class ChannelClient(Protocol):
     def charge(
         self,
         *,
         payment_no: str,
+        merchant_order_no: str,
         amount: int,
         currency: str,
         payment_method: str,
@@ -62,56 +118,35 @@ class ChannelClient(Protocol):
     def refund(
         self,
         *,
+        refund_no: str,
+        payment_no: str,
         charge_reference: str,
         amount: int,
         idempotency_key: str,
         reason: str | None = None,
     ) -> RefundResult: ...
 
+    def find_intent(self, *, payment_no: str, reference: str | None) -> ProviderIntent | None:
+        """The provider's intent for a payment: by its stored id, else by a search on
+        metadata.payment_no (eventually consistent). None when nothing was found."""
+        ...
 
-_clients: dict[str, ChannelClient] = {}
-_breakers: dict[str, CircuitBreaker] = {}
-_lock = threading.Lock()
-
-
-def _breaker(name: str) -> CircuitBreaker:
-    # Callers hold _lock. Breakers live apart from clients so /health can report them
-    # without building an HTTP client.
-    breaker = _breakers.get(name)
-    if breaker is None:
-        settings = get_settings()
-        breaker = CircuitBreaker(
-            name,
-            failure_threshold=settings.breaker_failure_threshold,
-            reset_seconds=settings.breaker_reset_seconds,
-        )
-        _breakers[name] = breaker
-    return breaker
+    def find_refund(self, *, refund_no: str, charge_reference: str) -> ProviderRefund | None:
+        """The provider's refund carrying metadata.refund_no on that charge, if any."""
+        ...
 
 
 def get_channel(name: str) -> ChannelClient:
-    """The client for `name`, built once per execution environment so its HTTP connection
-    pool and circuit breaker survive across warm invocations."""
+    """The client for `name`, built once per execution environment (see `services`)."""
     if name not in SUPPORTED:
         raise UnsupportedChannel(details=[{"field": "channel", "value": name}])
-    with _lock:
-        client = _clients.get(name)
-        if client is None:
-            from payments.channel.stripe import StripeClient
+    from payments import services
 
-            client = StripeClient.from_settings(get_settings(), breaker=_breaker(name))
-            _clients[name] = client
-        return client
-
-
-def breaker_states() -> dict[str, str]:
-    """Circuit-breaker state of every supported channel, for GET /health."""
-    with _lock:
-        return {name: _breaker(name).state for name in SUPPORTED}
+    return services.channel(name)
 
 
 def reset_channels() -> None:
     """Forget cached clients and breakers (tests, or after settings change)."""
-    with _lock:
-        _clients.clear()
-        _breakers.clear()
+    from payments import services
+
+    services.reset_channels()

@@ -1,8 +1,12 @@
-"""Stripe client: PaymentIntents (confirm=true) and Refunds over the real REST wire format.
+"""Stripe client: PaymentIntents (confirm=true), Refunds and their lookups over the real REST
+wire format, with the outcome semantics of `payments.channel` (SPEC §4).
 
 Every POST carries an Idempotency-Key, which is what makes retrying it safe: Stripe replays
 the stored result instead of charging twice. So we retry (bounded, with jittered backoff)
-on connection errors, timeouts, 5xx and 429 only, and never on other 4xx.
+on connection errors, timeouts, 5xx, 409 `idempotency_key_in_use` and 429 only, never on
+other 4xx, and stop when Stripe says `Stripe-Should-Retry: false` (a saved 500 would only
+replay). When every attempt failed, the outcome is `unavailable` only if no attempt can
+have been executed (connection refused / connect timeout / 429); otherwise `unknown`.
 """
 
 from __future__ import annotations
@@ -22,17 +26,38 @@ import requests
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from payments.channel import ChannelError, ChargeResult, RefundResult
+from payments.channel import (
+    CallOutcome,
+    ChannelError,
+    ChargeResult,
+    IntentState,
+    LookupFailed,
+    ProviderIntent,
+    ProviderRefund,
+    RefundResult,
+)
 from payments.channel.breaker import CircuitBreaker
 from payments.config import Settings
 from payments.errors import ChannelUnavailable
+from payments.models import Failure
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "2024-06-20"
 # Stripe's refund `reason` enum; anything else is kept only as metadata.
 REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
-_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_RETRYABLE_STATUS = frozenset({409, 429, 500, 502, 503, 504})
+_PENDING_INTENT = frozenset({"processing", "requires_capture"})
+
+
+@dataclass(frozen=True)
+class _Call:
+    method: str
+    path: str
+    route: str  # the span name's path: no object ids in span names
+    data: Mapping[str, str]
+    idempotency_key: str | None = None
+    decline_of: Callable[[_Reply], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -42,15 +67,35 @@ class _Reply:
 
 
 class _AttemptError(Exception):
-    """One attempt got no usable answer; `retry_after` is the provider's hint, if any."""
+    """One attempt got no usable answer.
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    `maybe_executed`: the provider may have acted on it (so the call's outcome is unknown
+    unless a later attempt gets an answer). `retry_after`: the provider's hint, if any.
+    `retry`: False when the provider says a retry cannot help.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        maybe_executed: bool,
+        retry_after: float | None = None,
+        retry: bool = True,
+    ) -> None:
+        super().__init__(reason)
+        self.maybe_executed = maybe_executed
+        self.retry_after = retry_after
+        self.retry = retry
+
+
+class _Unavailable(Exception):
+    def __init__(self, reason: str, retry_after: int) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
 
 
-class _BusyError(Exception):
-    """409: another request with the same Idempotency-Key is still being processed."""
+class _Unknown(Exception):
+    """The call may have been executed; only a lookup can tell."""
 
 
 class StripeClient:
@@ -102,10 +147,6 @@ class StripeClient:
         )
 
     @property
-    def breaker_state(self) -> str:
-        return self.breaker.state
-
-    @property
     def session(self) -> requests.Session:
         # Lazily, once: the pool (and its TLS connections) survives warm invocations.
         if self._session is None:
@@ -114,12 +155,13 @@ class StripeClient:
                     self._session = requests.Session()
         return self._session
 
-    # ---- public API ---------------------------------------------------------------------
+    # ---- calls that move money -----------------------------------------------------------
 
     def charge(
         self,
         *,
         payment_no: str,
+        merchant_order_no: str,
         amount: int,
         currency: str,
         payment_method: str,
@@ -134,40 +176,90 @@ class StripeClient:
             "confirm": "true",
             "payment_method_types[]": "card",
             "metadata[payment_no]": payment_no,
+            "metadata[merchant_order_no]": merchant_order_no,
         }
-        # Callers derive the key from payment_no so that a re-run of the whole step (not
-        # just an HTTP retry) still can't charge twice; fall back to the same derivation.
-        key = idempotency_key or f"charge-{payment_no}"
-        reply = self._post("/v1/payment_intents", form, key, _charge_decline)
+        try:
+            reply = self._post("/v1/payment_intents", form, idempotency_key, _charge_decline)
+        except _Unavailable as exc:
+            return ChargeResult(outcome=CallOutcome.UNAVAILABLE, failure=_unavailable(exc))
+        except _Unknown as exc:
+            return ChargeResult(outcome=CallOutcome.UNKNOWN, failure=_unknown(exc))
+        except ChannelError as exc:
+            return ChargeResult(outcome=CallOutcome.REJECTED, failure=_rejected(exc))
         decline = _charge_decline(reply)
         if decline is not None:
             intent = reply.body.get("error", {}).get("payment_intent") or reply.body
             ref = intent.get("id") if isinstance(intent, dict) else None
-            return ChargeResult(outcome="declined", channel_reference=ref, decline_code=decline)
-        return ChargeResult(
-            outcome="succeeded", channel_reference=str(reply.body["id"]), decline_code=None
-        )
+            return ChargeResult(
+                outcome=CallOutcome.DECLINED, channel_reference=ref, decline_code=decline
+            )
+        return ChargeResult(outcome=CallOutcome.SUCCEEDED, channel_reference=str(reply.body["id"]))
 
     def refund(
         self,
         *,
+        refund_no: str,
+        payment_no: str,
         charge_reference: str,
         amount: int,
         idempotency_key: str,
         reason: str | None = None,
     ) -> RefundResult:
-        form = {"payment_intent": charge_reference, "amount": str(amount)}
+        form = {
+            "payment_intent": charge_reference,
+            "amount": str(amount),
+            "metadata[refund_no]": refund_no,
+            "metadata[payment_no]": payment_no,
+        }
         if reason in REFUND_REASONS:
             form["reason"] = reason
         elif reason:
             # Free text is not a Stripe reason; keep it for humans (Stripe caps values at 500).
             form["metadata[reason]"] = reason[:500]
-        reply = self._post("/v1/refunds", form, idempotency_key, _refund_decline)
+        try:
+            reply = self._post("/v1/refunds", form, idempotency_key, _refund_decline)
+        except _Unavailable as exc:
+            return RefundResult(outcome=CallOutcome.UNAVAILABLE, failure=_unavailable(exc))
+        except _Unknown as exc:
+            return RefundResult(outcome=CallOutcome.UNKNOWN, failure=_unknown(exc))
+        except ChannelError as exc:
+            return RefundResult(outcome=CallOutcome.REJECTED, failure=_rejected(exc))
         decline = _refund_decline(reply)
         ref = reply.body.get("id") if reply.status == 200 else None
         if decline is not None:
-            return RefundResult(outcome="declined", channel_reference=ref, decline_code=decline)
-        return RefundResult(outcome="succeeded", channel_reference=ref, decline_code=None)
+            return RefundResult(
+                outcome=CallOutcome.DECLINED, channel_reference=ref, decline_code=decline
+            )
+        if reply.body.get("status") == "pending":
+            # Accepted but not settled: the money has not moved yet, reconciliation will see.
+            return RefundResult(outcome=CallOutcome.UNKNOWN, channel_reference=ref)
+        return RefundResult(outcome=CallOutcome.SUCCEEDED, channel_reference=ref)
+
+    # ---- lookups (reconciliation) --------------------------------------------------------
+
+    def find_intent(self, *, payment_no: str, reference: str | None) -> ProviderIntent | None:
+        if reference:
+            path = f"/v1/payment_intents/{reference}"
+            body = self._get(path, {}, route="/v1/payment_intents/{id}", missing_ok=True)
+            return None if body is None else _intent(body)
+        query = f"metadata['payment_no']:'{_quote(payment_no)}'"
+        body = self._get("/v1/payment_intents/search", {"query": query, "limit": "10"}) or {}
+        found = [_intent(i) for i in body.get("data") or [] if isinstance(i, dict)]
+        if len(found) > 1:
+            # One idempotency key per payment makes this a provider-side anomaly: say so.
+            log.error("several provider intents for one payment", extra={"count": len(found)})
+        # The most advanced state wins: a charge that succeeded must never be overlooked.
+        rank = {IntentState.SUCCEEDED: 0, IntentState.PENDING: 1, IntentState.FAILED: 2}
+        return min(found, key=lambda i: rank[i.state], default=None)
+
+    def find_refund(self, *, refund_no: str, charge_reference: str) -> ProviderRefund | None:
+        params = {"payment_intent": charge_reference, "limit": "100"}
+        body = self._get("/v1/refunds", params) or {}
+        for item in body.get("data") or []:
+            metadata = item.get("metadata") if isinstance(item, dict) else None
+            if isinstance(metadata, dict) and metadata.get("refund_no") == refund_no:
+                return _refund(item)
+        return None
 
     # ---- transport ----------------------------------------------------------------------
 
@@ -178,49 +270,77 @@ class StripeClient:
         idempotency_key: str,
         decline_of: Callable[[_Reply], str | None],
     ) -> _Reply:
-        self.breaker.acquire()
+        _admit(self.breaker, lambda exc: _Unavailable(str(exc), exc.retry_after))
+        call = _Call("POST", path, path, form, idempotency_key, decline_of)
+        maybe_executed = False
+        last: _AttemptError | None = None
         try:
-            reply = self._post_with_retries(path, form, idempotency_key, decline_of)
-        except ChannelUnavailable:
-            self.breaker.record_failure()
-            raise
-        except _BusyError as exc:
-            self.breaker.record_success()  # the provider answered: it is up
-            raise ChannelUnavailable(str(exc), retry_after=1) from exc
+            for attempt in range(self.max_retries + 1):
+                if attempt:
+                    self._sleep(self._delay(attempt, last))
+                try:
+                    reply = self._attempt(call, attempt)
+                except _AttemptError as exc:
+                    last, maybe_executed = exc, maybe_executed or exc.maybe_executed
+                    self._log_attempt(path, attempt, exc)
+                    if not exc.retry:
+                        break
+                    continue
+                self.breaker.record_success()
+                return reply
         except ChannelError:
             self.breaker.record_success()  # the provider answered: it is up
             raise
         except BaseException:
             self.breaker.release()
             raise
-        self.breaker.record_success()
-        return reply
+        assert last is not None
+        self.breaker.record_failure()
+        if maybe_executed:
+            raise _Unknown(str(last))
+        hint = math.ceil(last.retry_after) if last.retry_after else 1
+        raise _Unavailable(str(last), max(hint, self.breaker.remaining_seconds(), 1))
 
-    def _post_with_retries(
+    def _get(
         self,
         path: str,
-        form: Mapping[str, str],
-        idempotency_key: str,
-        decline_of: Callable[[_Reply], str | None],
-    ) -> _Reply:
+        params: Mapping[str, str],
+        *,
+        route: str | None = None,
+        missing_ok: bool = False,
+    ) -> dict[str, Any] | None:
+        """A read: safe to retry; no answer at all is LookupFailed; 404 is None if allowed."""
+
+        def refuse(exc: ChannelUnavailable) -> Exception:
+            return LookupFailed(str(exc))
+
+        _admit(self.breaker, refuse)
         last: _AttemptError | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self._sleep(self._delay(attempt, last))
             try:
-                return self._attempt(path, form, idempotency_key, attempt, decline_of)
+                reply = self._attempt(_Call("GET", path, route or path, params), attempt)
             except _AttemptError as exc:
                 last = exc
-                log.warning(
-                    "stripe call failed, %s",
-                    "retrying" if attempt < self.max_retries else "giving up",
-                    extra={"path": path, "attempt": attempt, "reason": str(exc)},
-                )
-        assert last is not None
-        hint = last.retry_after
-        raise ChannelUnavailable(
-            "The stripe channel is unavailable; retry later.",
-            retry_after=max(1, math.ceil(hint)) if hint else 5,
+                self._log_attempt(path, attempt, exc)
+                continue
+            except ChannelError as exc:
+                self.breaker.record_success()
+                if missing_ok and exc.details and exc.details[0].get("provider_status") == 404:
+                    return None
+                raise LookupFailed(f"{path}: {exc.message}") from exc
+            self.breaker.record_success()
+            return reply.body
+        self.breaker.record_failure()
+        raise LookupFailed(f"{path}: {last}")
+
+    def _log_attempt(self, path: str, attempt: int, exc: _AttemptError) -> None:
+        retrying = exc.retry and attempt < self.max_retries
+        log.warning(
+            "stripe call failed, %s",
+            "retrying" if retrying else "giving up",
+            extra={"path": path, "attempt": attempt, "reason": str(exc)},
         )
 
     def _delay(self, attempt: int, last: _AttemptError | None) -> float:
@@ -231,23 +351,16 @@ class StripeClient:
         hint = min(last.retry_after, self._max_retry_after) if last and last.retry_after else 0.0
         return max(jittered, hint)
 
-    def _attempt(
-        self,
-        path: str,
-        form: Mapping[str, str],
-        idempotency_key: str,
-        attempt: int,
-        decline_of: Callable[[_Reply], str | None],
-    ) -> _Reply:
-        url = self.base_url + path
+    def _attempt(self, call: _Call, attempt: int) -> _Reply:
+        url = self.base_url + call.path
         # One CLIENT span per attempt, as the HTTP semantic conventions ask for resends.
         with self._tracer.start_as_current_span(
-            f"stripe: POST {path}",
+            f"stripe: {call.method} {call.route}",
             kind=SpanKind.CLIENT,
             record_exception=False,
             set_status_on_exception=False,
             attributes={
-                "http.request.method": "POST",
+                "http.request.method": call.method,
                 "url.full": url,
                 "server.address": self._host,
                 "server.port": self._port,
@@ -256,58 +369,120 @@ class StripeClient:
         ) as span:
             if attempt:
                 span.set_attribute("http.request.resend_count", attempt)
-            headers = {
-                "Authorization": f"Bearer {self._api_key}",
-                "Idempotency-Key": idempotency_key,
-                "Stripe-Version": self._api_version,
-                "Accept": "application/json",
-            }
-            propagate.inject(headers)  # traceparent of this client span
-            try:
-                resp = self.session.post(url, data=form, headers=headers, timeout=self.timeout)
-            except requests.Timeout as exc:
-                _fail(span, exc, "timeout")
-                raise _AttemptError("timeout") from exc
-            except requests.RequestException as exc:
-                _fail(span, exc, type(exc).__name__)
-                raise _AttemptError(type(exc).__name__) from exc
+            resp = self._send(span, call, url)
+            return self._read(span, call, resp)
 
-            span.set_attribute("http.response.status_code", resp.status_code)
-            request_id = resp.headers.get("Request-Id")
-            if request_id:
-                span.set_attribute("stripe.request_id", request_id)
-            if resp.status_code in _RETRYABLE_STATUS:
-                span.set_attribute("error.type", str(resp.status_code))
-                span.set_status(Status(StatusCode.ERROR, f"HTTP {resp.status_code}"))
-                if resp.headers.get("Stripe-Should-Retry") == "false":
-                    # Stripe says a retry cannot help; still "unavailable" to the merchant.
-                    raise ChannelUnavailable("The stripe channel is unavailable; retry later.")
-                raise _AttemptError(f"HTTP {resp.status_code}", _retry_after(resp))
-            reply = _Reply(resp.status_code, _json(resp))
-            decline = decline_of(reply) if resp.status_code in (200, 400, 402) else None
-            if decline is not None:
-                span.set_attribute("payment.decline_code", decline)
-                if resp.status_code >= 400:
-                    # HTTP semantic conventions: a CLIENT span with a 4xx answer is an error.
-                    span.set_attribute("error.type", str(resp.status_code))
-                    span.set_status(Status(StatusCode.ERROR, f"declined: {decline}"))
-                return reply
-            if resp.status_code == 200:
-                return reply
-            err = reply.body.get("error") or {}
+    def _send(self, span: trace.Span, call: _Call, url: str) -> requests.Response:
+        headers = {
+            "Authorization": f"Bearer {self._api_key}",
+            "Stripe-Version": self._api_version,
+            "Accept": "application/json",
+        }
+        if call.idempotency_key:
+            headers["Idempotency-Key"] = call.idempotency_key
+        propagate.inject(headers)  # traceparent of this client span
+        try:
+            if call.method == "GET":
+                return self.session.get(
+                    url, params=call.data, headers=headers, timeout=self.timeout
+                )
+            return self.session.post(url, data=call.data, headers=headers, timeout=self.timeout)
+        except requests.ConnectTimeout as exc:
+            _fail(span, exc, "connect_timeout")
+            raise _AttemptError("connect timeout", maybe_executed=False) from exc
+        except requests.Timeout as exc:
+            _fail(span, exc, "timeout")
+            raise _AttemptError("timeout", maybe_executed=True) from exc
+        except requests.RequestException as exc:
+            never = _never_connected(exc)
+            _fail(span, exc, "connection_refused" if never else type(exc).__name__)
+            reason = "connection refused" if never else "connection lost"
+            raise _AttemptError(reason, maybe_executed=not never) from exc
+
+    def _read(self, span: trace.Span, call: _Call, resp: requests.Response) -> _Reply:
+        span.set_attribute("http.response.status_code", resp.status_code)
+        request_id = resp.headers.get("Request-Id")
+        if request_id:
+            span.set_attribute("stripe.request_id", request_id)
+        if resp.status_code in _RETRYABLE_STATUS:
             span.set_attribute("error.type", str(resp.status_code))
             span.set_status(Status(StatusCode.ERROR, f"HTTP {resp.status_code}"))
-            if resp.status_code == 409:
-                # A concurrent request holds this Idempotency-Key: transient, and retrying
-                # at once would just collide again. Tell the caller to come back.
-                raise _BusyError("A request with this Idempotency-Key is still in flight.")
+            should_retry = resp.headers.get("Stripe-Should-Retry")
+            raise _AttemptError(
+                f"HTTP {resp.status_code}",
+                # Stripe executes nothing for a 429; a 5xx or a key held by another request
+                # may mean the operation ran (or is running).
+                maybe_executed=resp.status_code != 429,
+                retry_after=_retry_after(resp),
+                retry=should_retry != "false",
+            )
+        reply = _Reply(resp.status_code, _json(resp))
+        decline_of = call.decline_of
+        decline = decline_of(reply) if decline_of and resp.status_code in (200, 400, 402) else None
+        if decline is not None:
+            span.set_attribute("payment.decline_code", decline)
+            if resp.status_code >= 400:
+                # HTTP semantic conventions: a CLIENT span with a 4xx answer is an error.
+                span.set_attribute("error.type", str(resp.status_code))
+                span.set_status(Status(StatusCode.ERROR, f"declined: {decline}"))
+            return reply
+        if resp.status_code == 200:
+            return reply
+        err = reply.body.get("error") or {}
+        span.set_attribute("error.type", str(resp.status_code))
+        span.set_status(Status(StatusCode.ERROR, f"HTTP {resp.status_code}"))
+        if resp.status_code != 404:
             log.error(
                 "stripe rejected the request",
-                extra={"path": path, "status": resp.status_code, "stripe_error": err.get("type")},
+                extra={
+                    "path": call.route,
+                    "status": resp.status_code,
+                    "stripe_error": err.get("type"),
+                },
             )
-            raise ChannelError(
-                details=[{"provider_status": resp.status_code, "type": err.get("type")}]
-            )
+        raise ChannelError(details=[{"provider_status": resp.status_code, "type": err.get("type")}])
+
+
+def _admit(breaker: CircuitBreaker, make: Callable[[ChannelUnavailable], Exception]) -> None:
+    """Breaker admission, "circuit open" mapped to the caller's own exception type."""
+    try:
+        breaker.acquire()
+    except ChannelUnavailable as exc:
+        raise make(exc) from None
+
+
+def _unavailable(exc: _Unavailable) -> Failure:
+    return Failure(code="channel_unavailable", retry_after=exc.retry_after, message=str(exc))
+
+
+def _unknown(exc: _Unknown) -> Failure:
+    return Failure(code="outcome_unknown", message=str(exc))
+
+
+def _rejected(exc: ChannelError) -> Failure:
+    return Failure(code="channel_error", message=exc.message)
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """True when the connection was never established (so nothing was sent)."""
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, NewConnectionError | ConnectTimeoutError | ConnectionRefusedError):
+            return True
+        stack.extend([current.__cause__, current.__context__, getattr(current, "reason", None)])
+        stack.extend(a for a in current.args if isinstance(a, BaseException))
+    return False
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _fail(span: trace.Span, exc: BaseException, error_type: str) -> None:
@@ -339,6 +514,12 @@ def _error_code(body: dict[str, Any]) -> str:
     return str(err.get("decline_code") or err.get("code") or "card_declined")
 
 
+def _intent_decline(intent: Mapping[str, Any]) -> str:
+    last_error = intent.get("last_payment_error") or {}
+    status = intent.get("status")
+    return str(last_error.get("decline_code") or last_error.get("code") or f"intent_{status}")
+
+
 def _charge_decline(reply: _Reply) -> str | None:
     """The decline code of a PaymentIntent reply, or None if it succeeded / is no decline."""
     if reply.status == 402:
@@ -354,8 +535,7 @@ def _charge_decline(reply: _Reply) -> str | None:
         return None
     if status == "requires_action":
         return "authentication_required"  # 3-D Secure needs the payer; we can't complete it
-    last_error = reply.body.get("last_payment_error") or {}
-    return str(last_error.get("decline_code") or last_error.get("code") or f"intent_{status}")
+    return _intent_decline(reply.body)
 
 
 def _refund_decline(reply: _Reply) -> str | None:
@@ -370,5 +550,44 @@ def _refund_decline(reply: _Reply) -> str | None:
         return None
     if reply.body.get("status") in ("failed", "canceled"):
         return str(reply.body.get("failure_reason") or "refund_failed")
-    # "pending"/"requires_action" mean Stripe accepted the refund; it settles later.
     return None
+
+
+def _intent(body: Mapping[str, Any]) -> ProviderIntent:
+    status = str(body.get("status") or "")
+    if status == "succeeded":
+        state, decline = IntentState.SUCCEEDED, None
+    elif status in _PENDING_INTENT:
+        state, decline = IntentState.PENDING, None
+    else:
+        # requires_payment_method (declined), canceled, requires_confirmation (never
+        # confirmed), requires_action (3-D Secure we never complete): no money moved.
+        state = IntentState.FAILED
+        decline = "authentication_required" if status == "requires_action" else None
+        decline = decline or _intent_decline(body)
+    metadata = body.get("metadata") or {}
+    return ProviderIntent(
+        id=str(body.get("id")),
+        state=state,
+        amount=int(body.get("amount") or 0),
+        currency=str(body.get("currency") or "").upper(),
+        payment_no=metadata.get("payment_no"),
+        decline_code=decline,
+    )
+
+
+def _refund(body: Mapping[str, Any]) -> ProviderRefund:
+    status = str(body.get("status") or "")
+    if status == "succeeded":
+        state = IntentState.SUCCEEDED
+    elif status in ("failed", "canceled"):
+        state = IntentState.FAILED
+    else:
+        state = IntentState.PENDING
+    return ProviderRefund(
+        id=str(body.get("id")),
+        state=state,
+        amount=int(body.get("amount") or 0),
+        refund_no=(body.get("metadata") or {}).get("refund_no"),
+        failure_reason=body.get("failure_reason"),
+    )

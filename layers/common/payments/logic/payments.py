@@ -1,27 +1,41 @@
-"""Create a payment: store it, run the workflow, record the outcome."""
+"""Create a payment: store it, run the workflow, settle what it proved.
+
+Only what the workflow proved is settled: a provider answer or a request that provably
+never reached the provider. Anything else leaves the payment `processing` with its order,
+answered 202, for reconciliation (SPEC §4).
+"""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pydantic import BaseModel
 
 from payments.auth import Merchant
-from payments.errors import OUTCOME_ERRORS, PaymentError
+from payments.channel import CallOutcome, ChannelError, ChargeResult
+from payments.channel.breaker import CircuitBreaker
+from payments.errors import (
+    ChannelDeclined,
+    ChannelUnavailable,
+    DuplicateOrder,
+    OrderCreationFailed,
+    PaymentError,
+    RiskRejected,
+    ServiceUnavailable,
+)
 from payments.logic import new_id, utc_now
-from payments.models import CreatePaymentRequest, Payment, PaymentStatus, RiskAssessment
+from payments.logic.settlement import settle_charged, settle_not_charged, settle_without_order
+from payments.models import CreatePaymentRequest, Payment, PaymentStatus
 from payments.observability.logging import logger
-from payments.store.payments import PaymentStore
-from payments.store.workflow import PaymentWorkflow, WorkflowFailed
+from payments.store.orders import OrderStore
+from payments.store.payments import AlreadySettled, PaymentStore
+from payments.store.workflow import PaymentWorkflow, WorkflowFailed, WorkflowNotStarted
+from payments.tasks import TaskPayment, WorkflowInput, WorkflowOutcome, WorkflowOutput
 
-# Workflow outcome -> (payment status, error code of the response or None).
-_OUTCOMES: dict[str, tuple[PaymentStatus, str | None]] = {
-    "succeeded": (PaymentStatus.SUCCEEDED, None),
-    "pending_review": (PaymentStatus.PENDING_REVIEW, None),
-    "risk_rejected": (PaymentStatus.RISK_REJECTED, "risk_rejected"),
-    "declined": (PaymentStatus.FAILED, "channel_declined"),
-    "channel_unavailable": (PaymentStatus.FAILED, "channel_unavailable"),
-    "order_failed": (PaymentStatus.FAILED, "order_creation_failed"),
+_ERRORS: dict[str, type[PaymentError]] = {
+    RiskRejected.code: RiskRejected,
+    ChannelDeclined.code: ChannelDeclined,
 }
 
 
@@ -30,29 +44,29 @@ class PaymentOutcome(BaseModel):
 
     payment: Payment
     error_code: str | None = None
+    decline_code: str | None = None
+
+    def http_status(self) -> int:
+        error = self.error()
+        if error is not None:
+            return error.status
+        return 201 if self.payment.status is PaymentStatus.SUCCEEDED else 202
 
     def error(self) -> PaymentError | None:
         if self.error_code is None:
             return None
-        return OUTCOME_ERRORS.get(self.error_code, PaymentError)()
+        return _ERRORS.get(self.error_code, PaymentError)()
 
 
-def _task_payment(payment: Payment) -> dict[str, Any]:
-    """What the workflow's tasks need; never the description or metadata."""
-    return payment.model_dump(
-        mode="json",
-        include={
-            "payment_no",
-            "merchant_id",
-            "merchant_order_no",
-            "amount",
-            "currency",
-            "channel",
-            "payment_method",
-            "customer",
-            "created_at",
-        },
-    )
+def outcome_of(payment: Payment) -> PaymentOutcome:
+    """The response a payment's current status deserves."""
+    if payment.status is PaymentStatus.RISK_REJECTED:
+        return PaymentOutcome(payment=payment, error_code=RiskRejected.code)
+    if payment.status is PaymentStatus.FAILED:
+        return PaymentOutcome(
+            payment=payment, error_code=ChannelDeclined.code, decline_code=payment.failure_code
+        )
+    return PaymentOutcome(payment=payment)
 
 
 def create(
@@ -60,9 +74,17 @@ def create(
     request: CreatePaymentRequest,
     *,
     payments: PaymentStore,
+    orders: OrderStore,
     workflow: PaymentWorkflow,
+    breaker: CircuitBreaker,
     trace_context: dict[str, str],
+    fingerprint: str | None = None,
 ) -> PaymentOutcome:
+    wait = breaker.remaining_seconds()
+    if wait:
+        # Fail fast while the provider's breaker is open: nothing is stored, so the same
+        # request (same key) can simply be sent again after Retry-After.
+        raise ChannelUnavailable(retry_after=wait)
     now = utc_now()
     payment = Payment(
         payment_no=new_id("pay"),
@@ -78,32 +100,124 @@ def create(
         metadata=request.metadata,
         created_at=now,
         updated_at=now,
+        trace_parent=trace_context.get("traceparent"),
+        request_fingerprint=fingerprint,
     )
-    payments.create(payment)
+    try:
+        payments.create(payment)
+    except DuplicateOrder:
+        earlier = _same_request(payments, payment, fingerprint)
+        if earlier is None:
+            raise
+        # This very request ran before and its answer was lost (the gateway died): its
+        # payment, as it stands now, is the answer.
+        return outcome_of(earlier)
     logger.append_keys(payment_no=payment.payment_no)
+    task_payment = TaskPayment.model_validate(payment.model_dump(mode="json"))
     try:
         output = workflow.run(
-            {"payment": _task_payment(payment), "trace_context": trace_context},
+            WorkflowInput(payment=task_payment, trace_context=trace_context),
             name=payment.payment_no,
         )
+    except WorkflowNotStarted as refused:
+        logger.warning("payment workflow not started", extra={"reason": str(refused)})
+        raise _settle_failure(payment, payments, orders, "workflow_not_started") from None
     except WorkflowFailed as failure:
-        # The charge may or may not have happened: keep `processing` for reconciliation.
+        # Any task may have run, the charge included: keep `processing` for reconciliation.
         logger.error("payment workflow failed", extra={"workflow_status": failure.status})
-        raise PaymentError("The payment could not be completed.") from None
+        return outcome_of(payments.get(payment.payment_no))
+    return _settle(payment, output, payments, orders)
 
-    outcome_name = output.get("outcome", "")
-    status, error_code = _OUTCOMES.get(outcome_name, (PaymentStatus.FAILED, "internal_error"))
-    fields: dict[str, Any] = {"amount": payment.amount}
-    risk = (output.get("risk") or {}).get("result")
-    if risk:
-        fields["risk"] = RiskAssessment.model_validate(risk).model_dump(mode="json")
-    order = (output.get("order") or {}).get("result")
-    if order:
-        fields["order_no"] = order["order_no"]
-    charge = (output.get("charge") or {}).get("result") or {}
-    if charge.get("channel_reference"):
-        fields["channel_reference"] = charge["channel_reference"]
-    if error_code:
-        fields["failure_code"] = charge.get("decline_code") or error_code
-    final = payments.finalize(payment.payment_no, status, now=utc_now(), fields=fields)
-    return PaymentOutcome(payment=final, error_code=error_code)
+
+def _same_request(
+    payments: PaymentStore, payment: Payment, fingerprint: str | None
+) -> Payment | None:
+    if fingerprint is None:
+        return None
+    holder = payments.holder_of(payment.merchant_id, payment.merchant_order_no)
+    if holder is None:
+        return None
+    earlier = payments.get(holder)
+    return earlier if earlier.request_fingerprint == fingerprint else None
+
+
+def _learnt(output: WorkflowOutput) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if output.risk is not None:
+        fields["risk"] = output.risk.result.model_dump(mode="json")
+    if output.order_no:
+        fields["order_no"] = output.order_no
+    charge = output.charge_result
+    if charge is not None and charge.channel_reference:
+        fields["channel_reference"] = charge.channel_reference
+    return fields
+
+
+def _settle(
+    payment: Payment, output: WorkflowOutput, payments: PaymentStore, orders: OrderStore
+) -> PaymentOutcome:
+    outcome, fields = output.outcome, _learnt(output)
+    charge = output.charge_result or ChargeResult(outcome=CallOutcome.UNKNOWN)
+    try:
+        if outcome in (WorkflowOutcome.SUCCEEDED, WorkflowOutcome.CHARGED):
+            reference = str(fields.pop("channel_reference", "") or charge.channel_reference)
+            settled = settle_charged(
+                payment,
+                payments=payments,
+                orders=orders,
+                channel_reference=reference,
+                fields=fields,
+            )
+            return outcome_of(settled)
+        if outcome in (WorkflowOutcome.PENDING_REVIEW, WorkflowOutcome.RISK_REJECTED):
+            status = PaymentStatus(outcome.value)
+            return outcome_of(
+                settle_without_order(payment, status, payments=payments, fields=fields)
+            )
+        if outcome is WorkflowOutcome.CHARGE_UNKNOWN:
+            logger.warning("charge outcome unknown; left for reconciliation")
+            return outcome_of(payments.note(payment.payment_no, fields, now=utc_now()))
+        if outcome is WorkflowOutcome.DECLINED:
+            code = charge.decline_code or "card_declined"
+            settled = settle_not_charged(
+                payment, payments=payments, orders=orders, failure_code=code, fields=fields
+            )
+            return outcome_of(settled)
+    except AlreadySettled as done:  # a webhook or the reconciler got there first
+        return outcome_of(done.payment)
+    code = _FAILURE_CODES[outcome]
+    raise _settle_failure(payment, payments, orders, code, fields=fields, charge=charge)
+
+
+_FAILURE_CODES = {
+    WorkflowOutcome.CHANNEL_UNAVAILABLE: "channel_unavailable",
+    WorkflowOutcome.CHANNEL_REJECTED: "channel_error",
+    WorkflowOutcome.RISK_CHECK_FAILED: "risk_check_failed",
+    WorkflowOutcome.ORDER_FAILED: "order_creation_failed",
+}
+
+
+def _settle_failure(
+    payment: Payment,
+    payments: PaymentStore,
+    orders: OrderStore,
+    code: str,
+    *,
+    fields: dict[str, Any] | None = None,
+    charge: ChargeResult | None = None,
+) -> PaymentError:
+    """Settle a payment that provably moved no money, and the error that tells the merchant
+    to retry. Raised inside the idempotent call, so it is not stored and the same request
+    can run again."""
+    with contextlib.suppress(AlreadySettled):
+        settle_not_charged(
+            payment, payments=payments, orders=orders, failure_code=code, fields=fields
+        )
+    if code == "channel_unavailable":
+        retry_after = (charge.failure.retry_after if charge and charge.failure else None) or 1
+        return ChannelUnavailable(retry_after=retry_after)
+    if code == "channel_error":
+        return ChannelError()
+    if code == "order_creation_failed":
+        return OrderCreationFailed()
+    return ServiceUnavailable(headers={"Retry-After": "1"})

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from payments.config import Settings
 from payments.models import RiskAssessment, RiskDecision
+from payments.tasks import TaskPayment
 
 REJECT_AT = 80
 REVIEW_AT = 50
 
 
 def assess(
-    payment: dict[str, Any],
+    payment: TaskPayment,
     settings: Settings,
     count_recent: Callable[[str], int],
 ) -> RiskAssessment:
@@ -21,14 +21,14 @@ def assess(
     attempts within the velocity window, this one included."""
     score = 0
     reasons: list[str] = []
-    customer = payment.get("customer") or {}
-    if customer.get("country") in settings.risk_blocked_countries:
+    customer = payment.customer
+    if customer is not None and customer.country in settings.risk_blocked_countries:
         score += 100
         reasons.append("blocked_country")
-    if payment["amount"] >= settings.risk_review_amount_minor:
+    if payment.amount >= settings.risk_review_amount_minor:
         score += 60
         reasons.append("high_amount")
-    customer_id = customer.get("id")
+    customer_id = customer.id if customer is not None else None
     if customer_id and count_recent(customer_id) > settings.risk_velocity_limit:
         score += 50
         reasons.append("velocity")

@@ -24,8 +24,9 @@ def stepfunctions() -> SFNClient:
     import boto3
     from botocore.config import Config
 
-    # A synchronous Express execution can take as long as the workflow's own timeout.
-    config = Config(retries={"mode": "standard", "max_attempts": 2}, read_timeout=30)
+    # A synchronous Express execution can take as long as the workflow's own timeout. No
+    # retries: a retried StartSyncExecution whose first answer was lost runs it twice.
+    config = Config(retries={"mode": "standard", "max_attempts": 1}, read_timeout=30)
     return boto3.client("stepfunctions", config=config)
 
 

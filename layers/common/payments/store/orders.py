@@ -35,11 +35,14 @@ class OrderStore:
             return existing
         return order
 
-    def get(self, order_no: str, merchant_id: str | None = None) -> Order:
+    def find(self, order_no: str) -> Order | None:
         item = dynamodb().get_item(TableName=self.table, Key=_key(order_no), ConsistentRead=True)
-        if "Item" not in item:
+        return Order.model_validate(from_item(item["Item"])) if "Item" in item else None
+
+    def get(self, order_no: str, merchant_id: str | None = None) -> Order:
+        order = self.find(order_no) if 0 < len(order_no) <= 128 else None
+        if order is None:
             raise NotFound("No such order.")
-        order = Order.model_validate(from_item(item["Item"]))
         if merchant_id is not None and order.merchant_id != merchant_id:
             raise NotFound("No such order.")
         return order

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from botocore.exceptions import BotoCoreError, ClientError
 
 from payments.store.clients import stepfunctions
+from payments.tasks import WorkflowInput, WorkflowOutput
+
+
+class WorkflowNotStarted(Exception):
+    """Step Functions refused to start the execution: no task ran."""
 
 
 class WorkflowFailed(Exception):
-    """The execution did not succeed (failed, timed out or aborted)."""
+    """The execution did not finish with an output we could read (failed, timed out,
+    aborted, or the answer was lost): any of its tasks may have run."""
 
     def __init__(self, status: str, error: str | None) -> None:
         super().__init__(f"workflow {status}: {error}")
@@ -21,13 +26,21 @@ class PaymentWorkflow:
     def __init__(self, state_machine_arn: str) -> None:
         self.state_machine_arn = state_machine_arn
 
-    def run(self, execution_input: dict[str, Any], *, name: str) -> dict[str, Any]:
-        response = stepfunctions().start_sync_execution(
-            stateMachineArn=self.state_machine_arn,
-            name=name,
-            input=json.dumps(execution_input, separators=(",", ":")),
-        )
+    def run(self, execution_input: WorkflowInput, *, name: str) -> WorkflowOutput:
+        try:
+            response = stepfunctions().start_sync_execution(
+                stateMachineArn=self.state_machine_arn,
+                name=name,
+                input=execution_input.model_dump_json(),
+            )
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500))
+            if status >= 500:  # the service failed while handling it: it may have run
+                raise WorkflowFailed("UNKNOWN", code) from err
+            raise WorkflowNotStarted(code) from err
+        except BotoCoreError as err:  # timeout, connection lost: it may have run
+            raise WorkflowFailed("UNKNOWN", type(err).__name__) from err
         if response["status"] != "SUCCEEDED":
             raise WorkflowFailed(response["status"], response.get("error"))
-        output: dict[str, Any] = json.loads(response.get("output") or "{}")
-        return output
+        return WorkflowOutput.model_validate_json(response.get("output") or "{}")
