@@ -75,6 +75,14 @@ class Platform:
         )
         return self.call("CreatePaymentFunction", event)
 
+    def list_payments(self, **query: str) -> dict[str, Any]:
+        event = api_event("GET", "/api/v1/payments", path="/api/v1/payments")
+        event["queryStringParameters"] = query
+        event["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
+        status, body, _ = self.call("CreatePaymentFunction", event)
+        assert status == 200, body
+        return body
+
     def intents(self) -> list[dict[str, Any]]:
         data = requests.get(f"{self.stripe.url}/_sim/payment_intents", timeout=5).json()
         return list(data["data"] if isinstance(data, dict) else data)

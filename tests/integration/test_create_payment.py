@@ -154,14 +154,39 @@ def test_channel_declined_cancels_order(platform: Platform, method: str, code: s
     assert metric("payment_total", status="failed") == before + 1
 
 
-def test_channel_unavailable_is_503_with_retry_after(platform: Platform) -> None:
+def test_provider_500s_are_an_unknown_outcome_kept_processing(platform: Platform) -> None:
     platform.fault("error")
-    status, body, headers = platform.pay()
-    assert status == 503 and body["error"]["code"] == "channel_unavailable"
-    assert int(headers["Retry-After"]) >= 1
-    assert body["status"] == "failed"
+    status, body, _ = platform.pay()
+    assert status == 202 and body["status"] == "processing"
     _, order, _ = platform.get_order(body["order_no"])
-    assert order["status"] == "cancelled"
+    assert order["status"] == "created"  # nothing cancelled: the charge may have happened
+    _, got, _ = platform.get_payment(body["payment_no"])
+    assert got["status"] == "processing"
+    assert metric("payment_total", status="processing") >= 1
+
+
+def test_open_breaker_is_503_with_its_remaining_time_and_nothing_stored(
+    platform: Platform,
+) -> None:
+    from payments import services
+
+    services.breaker_store().open("stripe", time.time() + 20)
+    services.reset_channels()  # this environment re-reads the shared state at once
+    headers = {"Idempotency-Key": f"k-{time.monotonic_ns()}"}
+    body = payment_body()
+    event = api_event("POST", "/api/v1/payments", body=body, headers=headers)
+    try:
+        status, answer, response_headers = platform.call("CreatePaymentFunction", event)
+        assert status == 503 and answer["error"]["code"] == "channel_unavailable"
+        assert 15 <= int(response_headers["Retry-After"]) <= 20
+        assert "payment_no" not in answer  # the error shape, nothing stored
+    finally:
+        services.breaker_store().close("stripe", time.time() + 60)
+        services.reset_channels()
+    status, answer, _ = platform.call(
+        "CreatePaymentFunction", api_event("POST", "/api/v1/payments", body=body, headers=headers)
+    )
+    assert status == 201 and answer["status"] == "succeeded"  # same key, runs again
 
 
 def test_order_creation_failure_makes_no_charge(
@@ -172,10 +197,15 @@ def test_order_creation_failure_makes_no_charge(
 
     monkeypatch.setattr(order_logic, "create", broken)
     intents = len(platform.intents())
-    status, body, _ = platform.pay()
-    assert status == 500 and body["error"]["code"] == "order_creation_failed"
-    assert body["status"] == "failed" and body["order_no"] is None
+    body = payment_body()
+    status, answer, _ = platform.pay(**body)
+    assert status == 500 and answer["error"]["code"] == "order_creation_failed"
     assert len(platform.intents()) == intents
+    [payment] = platform.list_payments(merchant_order_no=body["merchant_order_no"])["data"]
+    assert payment["status"] == "failed" and payment["order_no"] is None
+    monkeypatch.undo()
+    status, again, _ = platform.pay(**body)  # a failed order can be paid again
+    assert status == 201 and again["payment_no"] != payment["payment_no"]
 
 
 def test_idempotent_replay_returns_first_response_without_second_charge(platform: Platform) -> None:
@@ -273,7 +303,7 @@ def test_unknown_route_and_wrong_method(platform: Platform) -> None:
     event = api_event("DELETE", "$default", path="/api/v1/payments")
     event["routeKey"] = "$default"
     status, body, headers = platform.call("CreatePaymentFunction", event)
-    assert status == 405 and headers["Allow"] == "POST"
+    assert status == 405 and headers["Allow"] == "GET, POST"
     event = api_event("GET", "$default", path="/api/v1/payments/pay_1/refunds")
     event["routeKey"] = "$default"
     status, _, headers = platform.call("CreatePaymentFunction", event)
@@ -285,7 +315,8 @@ def test_health(platform: Platform) -> None:
         "CreatePaymentFunction", api_event("GET", "/health", signed=False)
     )
     assert status == 200 and body["status"] == "ok"
-    assert (
-        body["checks"]["storage"] == "ok"
-        and body["checks"]["circuit_breakers"]["stripe"] == "closed"
-    )
+    assert body["checks"]["storage"] == "ok"
+    assert body["checks"]["circuit_breakers"]["stripe"] == {"state": "closed"}
+    backlog = body["checks"]["reconciliation"]
+    assert set(backlog) == {"payments", "refunds"}
+    assert backlog["payments"]["unresolved"] >= 0

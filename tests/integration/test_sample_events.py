@@ -10,6 +10,7 @@ from local.invoke import load_event, refresh_signature
 from payments.logic import utc_now
 from payments.models import Payment, PaymentStatus
 from payments.services import payment_store
+from payments.store.payments import Settlement
 from tests.integration.conftest import Platform
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -60,15 +61,13 @@ def test_workflow_task_events_then_lookups_and_refund(platform: Platform) -> Non
         }
     )
     payment_store().create(payment)
-    payment_store().finalize(
-        payment.payment_no,
-        PaymentStatus.SUCCEEDED,
+    payment_store().settle(
+        payment,
+        Settlement(
+            PaymentStatus.SUCCEEDED,
+            {"order_no": order["order_no"], "channel_reference": charge["channel_reference"]},
+        ),
         now=now,
-        fields={
-            "amount": payment.amount,
-            "order_no": order["order_no"],
-            "channel_reference": charge["channel_reference"],
-        },
     )
     status, body = _api(platform, "CreatePaymentFunction", "get_payment.json")
     assert status == 200 and body["status"] == "succeeded"

@@ -155,3 +155,109 @@ def test_opens_iff_threshold_consecutive_failures(outcomes: list[bool], threshol
         else:
             breaker.record_failure()
             streak += 1
+
+
+# ---- shared across execution environments ---------------------------------------------------
+
+
+class MemoryShared:
+    """The shared-state interface, in memory (the DynamoDB store is tested below)."""
+
+    def __init__(self) -> None:
+        self.until: float | None = None
+        self.reads = 0
+
+    def opened_until(self, name: str) -> float | None:
+        self.reads += 1
+        return self.until
+
+    def open(self, name: str, until: float) -> None:
+        self.until = max(self.until or 0.0, until)
+
+    def close(self, name: str, now: float) -> None:
+        if self.until is not None and self.until <= now:
+            self.until = None
+
+
+def test_an_opening_in_one_environment_is_seen_by_the_others(clock: Clock) -> None:
+    shared = MemoryShared()
+    mine, theirs = (
+        CircuitBreaker("stripe", failure_threshold=2, reset_seconds=10, clock=clock, shared=shared)
+        for _ in range(2)
+    )
+    fail(mine, 2)
+    assert shared.until == clock.now + 10
+    clock.now += 3
+    with pytest.raises(ChannelUnavailable) as info:
+        theirs.acquire()  # never failed itself
+    assert info.value.retry_after == 7 and theirs.remaining_seconds() == 7
+    clock.now += 7
+    theirs.acquire()  # half-open trial
+    theirs.record_success()
+    assert shared.until is None and state(theirs) == "closed"
+
+
+def test_shared_state_is_read_at_most_every_sync_interval(clock: Clock) -> None:
+    shared = MemoryShared()
+    breaker = CircuitBreaker(
+        "stripe", failure_threshold=2, reset_seconds=10, clock=clock, shared=shared, sync_seconds=2
+    )
+    for _ in range(5):
+        breaker.acquire()
+    assert shared.reads == 1
+    clock.now += 2
+    breaker.acquire()
+    assert shared.reads == 2
+
+
+def test_an_unreachable_shared_store_never_blocks_a_call(clock: Clock) -> None:
+    class Down:
+        def opened_until(self, name: str) -> float | None:
+            raise ConnectionError("dynamodb down")
+
+        def open(self, name: str, until: float) -> None:
+            raise ConnectionError("dynamodb down")
+
+        def close(self, name: str, now: float) -> None:
+            raise ConnectionError("dynamodb down")
+
+    breaker = CircuitBreaker(
+        "stripe", failure_threshold=1, reset_seconds=10, clock=clock, shared=Down()
+    )
+    breaker.acquire()
+    breaker.record_failure()  # publishing fails quietly; the local state still opens
+    assert state(breaker) == "open"
+
+
+def test_dynamodb_store_keeps_the_latest_opening_and_clears_only_expired_ones() -> None:
+    from moto import mock_aws
+
+    from payments.store import clients
+    from payments.store.breakers import BreakerStore
+
+    with mock_aws():
+        clients.reset()
+        import boto3
+
+        boto3.client("dynamodb", region_name="us-east-1").create_table(
+            TableName="t",
+            KeySchema=[
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        store = BreakerStore("t")
+        assert store.opened_until("stripe") is None
+        store.open("stripe", 200.0)
+        store.open("stripe", 150.0)  # an older opening never shortens a newer one
+        assert store.opened_until("stripe") == 200.0
+        store.close("stripe", now=199.0)  # not expired yet: someone re-opened it
+        assert store.opened_until("stripe") == 200.0
+        store.close("stripe", now=200.0)
+        assert store.opened_until("stripe") is None
+    clients.reset()

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from payments.tasks import ChannelTaskInput, OrderTaskInput, TaskInput
+
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
 ASL = ROOT / "statemachine" / "payment_workflow.asl.json"
@@ -225,11 +227,9 @@ def test_task_event_matches_asl_payload(name: str, step: str) -> None:
             "CancelOrder": "cancel",
         }[step]
         assert event["action"] == expected_action
-    if step == "MarkOrderPaid":
-        charge = event["charge"]
-        assert charge["outcome"] == "succeeded"
-        assert charge["channel_reference"].startswith("pi_")
-        assert charge["decline_code"] is None
+    # The handler's own contract model accepts it (what crosses the state machine).
+    model = {"RiskCheck": TaskInput, "ChannelPayment": ChannelTaskInput}.get(step, OrderTaskInput)
+    assert model.model_validate(event).step == step
 
 
 def test_task_events_cover_every_asl_step() -> None:

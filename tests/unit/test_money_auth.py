@@ -14,6 +14,7 @@ from payments.config import Settings
 from payments.errors import InvalidAmount, Unauthorized, UnsupportedCurrency
 from payments.logic.risk import assess
 from payments.models import RiskDecision
+from payments.tasks import TaskPayment
 
 currencies = st.sampled_from(sorted(money.CURRENCY_EXPONENTS))
 amounts = st.integers(min_value=money.MIN_AMOUNT, max_value=money.MAX_AMOUNT)
@@ -90,6 +91,22 @@ def test_signature_formula_is_the_documented_one() -> None:
     assert sign("s3cret", "1700000000", "post", "/api/v1/payments", b"{}") == expected
 
 
+def _task_payment(amount: int, customer: dict[str, str]) -> TaskPayment:
+    return TaskPayment.model_validate(
+        {
+            "payment_no": "pay_1",
+            "merchant_id": "m",
+            "merchant_order_no": "o",
+            "amount": amount,
+            "currency": "USD",
+            "channel": "stripe",
+            "payment_method": "pm_card_visa",
+            "customer": customer,
+            "created_at": "2026-01-01T00:00:00.000Z",
+        }
+    )
+
+
 @pytest.mark.parametrize(
     ("country", "amount", "recent", "decision", "score"),
     [
@@ -106,7 +123,7 @@ def test_signature_formula_is_the_documented_one() -> None:
 def test_risk_rules(
     country: str, amount: int, recent: int, decision: RiskDecision, score: int
 ) -> None:
-    payment = {"amount": amount, "customer": {"id": "cus_1", "country": country}}
+    payment = _task_payment(amount, {"id": "cus_1", "country": country})
     result = assess(payment, Settings(), lambda _c: recent)
     assert (result.decision, result.score) == (decision, score)
 
@@ -120,14 +137,9 @@ def test_risk_rules_are_configurable_from_the_environment() -> None:
         }
     )
     assert settings.risk_blocked_countries == frozenset({"RU", "BY"})
+    assert assess(_task_payment(100, {"country": "US"}), settings, lambda _c: 0).score == 60
     assert (
-        assess({"amount": 100, "customer": {"country": "US"}}, settings, lambda _c: 0).score == 60
-    )
-    assert (
-        assess(
-            {"amount": 1, "customer": {"id": "c", "country": "RU"}}, settings, lambda _c: 3
-        ).score
-        == 100
+        assess(_task_payment(1, {"id": "c", "country": "RU"}), settings, lambda _c: 3).score == 100
     )
 
 

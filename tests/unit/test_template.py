@@ -25,15 +25,19 @@ FUNCTIONS = {
     "RiskCheckFunction": ("functions/risk_check/", "risk-service"),
     "OrderFunction": ("functions/order/", "order-service"),
     "ChannelFunction": ("functions/channel/", "channel-adapter"),
+    "WebhookFunction": ("functions/webhooks/", "webhook-service"),
+    "ReconcilerFunction": ("functions/reconciler/", "reconciler"),
 }
 
 # SPEC §2: every merchant route and the function that serves it.
 ROUTES = {
     ("POST", "/api/v1/payments"): "CreatePaymentFunction",
+    ("GET", "/api/v1/payments"): "CreatePaymentFunction",
     ("GET", "/api/v1/payments/{payment_no}"): "CreatePaymentFunction",
     ("GET", "/api/v1/orders/{order_no}"): "CreatePaymentFunction",
     ("GET", "/health"): "CreatePaymentFunction",
     ("POST", "/api/v1/payments/{payment_no}/refunds"): "RefundFunction",
+    ("POST", "/webhooks/stripe"): "WebhookFunction",
 }
 
 
@@ -196,7 +200,7 @@ def test_functions_code_handler_and_service_names(
     for name in ("CreatePaymentFunction", "RefundFunction"):
         timeout = resources[name]["Properties"].get("Timeout")
         assert (timeout or template["Globals"]["Function"]["Timeout"]) == 29
-    for name in ("RiskCheckFunction", "OrderFunction", "ChannelFunction"):
+    for name in ("RiskCheckFunction", "OrderFunction", "ChannelFunction", "WebhookFunction"):
         assert resources[name]["Properties"]["Timeout"] == 20
 
 
@@ -208,7 +212,7 @@ def test_environment_variables_where_needed(
     )
     for name in FUNCTIONS:
         env = _env(resources, template, name)
-        if name in ("ChannelFunction", "RefundFunction"):
+        if name in ("ChannelFunction", "RefundFunction", "WebhookFunction", "ReconcilerFunction"):
             assert secret.match(env["STRIPE_API_KEY"]["Fn::Sub"]), name
         else:
             assert "STRIPE_API_KEY" not in env, name
@@ -243,6 +247,9 @@ def test_every_spec_route_maps_to_its_function(resources: dict[str, Any]) -> Non
     routes: dict[tuple[str, str], str] = {}
     for name, fn in _of_type(resources, "AWS::Serverless::Function").items():
         for event in fn["Properties"].get("Events", {}).values():
+            if name == "ReconcilerFunction":
+                assert event["Type"] == "ScheduleV2"
+                continue
             assert event["Type"] == "HttpApi", name
             props = event["Properties"]
             assert props["ApiId"] == {"Ref": "PaymentsApi"}

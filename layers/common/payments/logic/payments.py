@@ -153,28 +153,48 @@ def _learnt(output: WorkflowOutput) -> dict[str, Any]:
     return fields
 
 
+# What each way the workflow can end settles the payment to (None: stays processing).
+# tests/unit/test_workflow_contract.py checks it covers every outcome the ASL can produce.
+SETTLES_TO: dict[WorkflowOutcome, PaymentStatus | None] = {
+    WorkflowOutcome.SUCCEEDED: PaymentStatus.SUCCEEDED,
+    WorkflowOutcome.CHARGED: PaymentStatus.SUCCEEDED,
+    WorkflowOutcome.PENDING_REVIEW: PaymentStatus.PENDING_REVIEW,
+    WorkflowOutcome.RISK_REJECTED: PaymentStatus.RISK_REJECTED,
+    WorkflowOutcome.DECLINED: PaymentStatus.FAILED,
+    WorkflowOutcome.CHANNEL_UNAVAILABLE: PaymentStatus.FAILED,
+    WorkflowOutcome.CHANNEL_REJECTED: PaymentStatus.FAILED,
+    WorkflowOutcome.RISK_CHECK_FAILED: PaymentStatus.FAILED,
+    WorkflowOutcome.ORDER_FAILED: PaymentStatus.FAILED,
+    WorkflowOutcome.CHARGE_UNKNOWN: None,
+}
+
+# Failures answered with a retryable error (not stored), by the failure code they record.
+_FAILURE_CODES = {
+    WorkflowOutcome.CHANNEL_UNAVAILABLE: "channel_unavailable",
+    WorkflowOutcome.CHANNEL_REJECTED: "channel_error",
+    WorkflowOutcome.RISK_CHECK_FAILED: "risk_check_failed",
+    WorkflowOutcome.ORDER_FAILED: "order_creation_failed",
+}
+
+
 def _settle(
     payment: Payment, output: WorkflowOutput, payments: PaymentStore, orders: OrderStore
 ) -> PaymentOutcome:
     outcome, fields = output.outcome, _learnt(output)
+    target = SETTLES_TO[outcome]
     charge = output.charge_result or ChargeResult(outcome=CallOutcome.UNKNOWN)
     try:
-        if outcome in (WorkflowOutcome.SUCCEEDED, WorkflowOutcome.CHARGED):
+        if target is PaymentStatus.SUCCEEDED:
             reference = str(fields.pop("channel_reference", "") or charge.channel_reference)
             settled = settle_charged(
-                payment,
-                payments=payments,
-                orders=orders,
-                channel_reference=reference,
-                fields=fields,
+                payment, payments=payments, orders=orders, channel_reference=reference, fields=fields
             )
             return outcome_of(settled)
-        if outcome in (WorkflowOutcome.PENDING_REVIEW, WorkflowOutcome.RISK_REJECTED):
-            status = PaymentStatus(outcome.value)
-            return outcome_of(
-                settle_without_order(payment, status, payments=payments, fields=fields)
-            )
-        if outcome is WorkflowOutcome.CHARGE_UNKNOWN:
+        if target in (PaymentStatus.PENDING_REVIEW, PaymentStatus.RISK_REJECTED):
+            assert target is not None
+            settled = settle_without_order(payment, target, payments=payments, fields=fields)
+            return outcome_of(settled)
+        if target is None:
             logger.warning("charge outcome unknown; left for reconciliation")
             return outcome_of(payments.note(payment.payment_no, fields, now=utc_now()))
         if outcome is WorkflowOutcome.DECLINED:
@@ -187,14 +207,6 @@ def _settle(
         return outcome_of(done.payment)
     code = _FAILURE_CODES[outcome]
     raise _settle_failure(payment, payments, orders, code, fields=fields, charge=charge)
-
-
-_FAILURE_CODES = {
-    WorkflowOutcome.CHANNEL_UNAVAILABLE: "channel_unavailable",
-    WorkflowOutcome.CHANNEL_REJECTED: "channel_error",
-    WorkflowOutcome.RISK_CHECK_FAILED: "risk_check_failed",
-    WorkflowOutcome.ORDER_FAILED: "order_creation_failed",
-}
 
 
 def _settle_failure(
