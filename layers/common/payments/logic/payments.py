@@ -187,7 +187,11 @@ def _settle(
         if target is PaymentStatus.SUCCEEDED:
             reference = str(fields.pop("channel_reference", "") or charge.channel_reference)
             settled = settle_charged(
-                payment, payments=payments, orders=orders, channel_reference=reference, fields=fields
+                payment,
+                payments=payments,
+                orders=orders,
+                channel_reference=reference,
+                fields=fields,
             )
             return outcome_of(settled)
         if target in (PaymentStatus.PENDING_REVIEW, PaymentStatus.RISK_REJECTED):
