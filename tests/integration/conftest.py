@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -93,6 +94,16 @@ class Platform:
         )
         response.raise_for_status()
 
+    def add_fault(self, mode: str, **kw: Any) -> None:
+        """One more provider fault rule (first match wins), e.g. match=<merchant_order_no>."""
+        response = requests.post(
+            f"{self.stripe.url}/_sim/faults", json={"mode": mode, **kw}, timeout=5
+        )
+        response.raise_for_status()
+
+    def sim_config(self, **config: Any) -> None:
+        requests.post(f"{self.stripe.url}/_sim/config", json=config, timeout=5).raise_for_status()
+
     def item(self, pk: str, sk: str) -> dict[str, Any] | None:
         table = self.aws.env["PAYMENTS_TABLE"]
         got = self.aws.client("dynamodb").get_item(
@@ -105,9 +116,9 @@ class Platform:
         return int(self.aws.client("dynamodb").scan(TableName=table, Select="COUNT")["Count"])
 
 
-# moto state is process-global: every module gets its own emulator, as other tests start theirs.
-@pytest.fixture(scope="module")
-def platform() -> Iterator[Platform]:
+@contextmanager
+def running_platform(**env: str) -> Iterator[Platform]:
+    """Emulator + simulator for one test module; `env` adds function settings."""
     stripe = serve(port=0)
     aws = start_emulator(
         env_overrides={
@@ -116,6 +127,7 @@ def platform() -> Iterator[Platform]:
             "STRIPE_MAX_RETRIES": "1",
             "STRIPE_READ_TIMEOUT_SECONDS": "1",
             "BREAKER_FAILURE_THRESHOLD": "50",
+            **env,
         }
     )
     services.reset()
@@ -127,6 +139,13 @@ def platform() -> Iterator[Platform]:
         stripe.stop()
         services.reset()
         reset_channels()
+
+
+# moto state is process-global: every module gets its own emulator, as other tests start theirs.
+@pytest.fixture(scope="module")
+def platform() -> Iterator[Platform]:
+    with running_platform() as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)
