@@ -20,8 +20,17 @@ from typing import Any
 
 from local.api import ApiHandle, serve_api
 from local.aws import EmulatorHandle, check_port_free, start_emulator
+from local.scheduler import Scheduler, schedules
 
 LOCAL_STRIPE_KEY = "sk_test_local"
+LOCAL_WEBHOOK_SECRET = "whsec_local_secret"  # the template's secret, resolved locally
+LOCAL_RECONCILE_DEFAULTS = {
+    "RECONCILE_GRACE_SECONDS": "3",
+    "RECONCILE_NO_CHARGE_AFTER_SECONDS": "30",
+    "RECONCILE_SEARCH_FRESHNESS_SECONDS": "3",
+    "RECONCILE_BACKOFF_SECONDS": "2",
+    "RECONCILE_BACKOFF_MAX_SECONDS": "30",
+}
 
 
 class PortInUseError(RuntimeError):
@@ -70,7 +79,13 @@ def function_env(sim_url: str | None, environ: Mapping[str, str]) -> dict[str, s
     env["EMF_OUTPUT_FILE"] = str(Path(".local/emf.jsonl").resolve())
     # Locally every invocation writes, so a payment shows up in Prometheus at once.
     env["PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS"] = "0"
+    # Reconciliation within seconds: a short grace period; "no charge" only once no request
+    # of the payment can still be in flight (the workflow's 25 s budget) and two lookups
+    # spaced wider than the simulator's search freshness (2 s) found nothing.
+    env.update(LOCAL_RECONCILE_DEFAULTS)
     for name in (
+        *LOCAL_RECONCILE_DEFAULTS,
+        "STRIPE_WEBHOOK_SECRETS",
         "PROMETHEUS_REMOTE_WRITE_URL",
         "PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS",
         "LOCAL_MERCHANT_KEY",
@@ -88,8 +103,11 @@ class StackHandle:
     emulator: EmulatorHandle
     api: ApiHandle
     sim: Any | None
+    scheduler: Scheduler | None = None
 
     def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.api.stop()
         self.emulator.stop()
         if self.sim is not None:
@@ -122,11 +140,25 @@ def start_stack(
         )
         started.append(emulator)
         api = _bind("API", port, lambda: serve_api(emulator.template, emulator.runtime, port))
+        started.append(api)
+        _send_webhooks(sim, api.url)
+        entries = schedules(Path(template_path), {**os.environ, **(env_overrides or {})})
+        scheduler = Scheduler(emulator.runtime, entries).start()
     except BaseException:
         for item in reversed(started):
             item.stop()
         raise
-    return StackHandle(api.url, sim_url, emulator, api, sim)
+    return StackHandle(api.url, sim_url, emulator, api, sim, scheduler)
+
+
+def _send_webhooks(sim: Any | None, api_url: str) -> None:
+    """The simulator delivers signed events to the stack's own webhook route."""
+    if sim is None:
+        return
+    from local.stripe_sim import WebhookEndpoint
+
+    secret = os.environ.get("STRIPE_WEBHOOK_SECRETS", LOCAL_WEBHOOK_SECRET).split(",")[0]
+    sim.app.configure_webhooks(WebhookEndpoint(url=f"{api_url}/webhooks/stripe", secrets=(secret,)))
 
 
 def banner(stack: StackHandle, seconds: float) -> str:

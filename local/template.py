@@ -106,6 +106,12 @@ class Template:
         return next((f for f in self.functions.values() if f.code_dir.name == name), None)
 
 
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The template as plain data, CloudFormation short tags in their long form."""
+    data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    return data if isinstance(data, dict) else {}
+
+
 class _Loader(yaml.SafeLoader):  # type: ignore[misc]
     """SafeLoader that turns CloudFormation short tags (!Ref, !GetAtt...) into long form."""
 
