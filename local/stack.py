@@ -23,7 +23,7 @@ from local.aws import EmulatorHandle, check_port_free, start_emulator
 from local.scheduler import Scheduler, schedules
 
 LOCAL_STRIPE_KEY = "sk_test_local"
-LOCAL_WEBHOOK_SECRET = "whsec_local_secret"  # the template's secret, resolved locally
+LOCAL_WEBHOOK_SECRET = "whsec_local_secret"  # noqa: S105 - the local simulator's test secret
 LOCAL_RECONCILE_DEFAULTS = {
     "RECONCILE_GRACE_SECONDS": "3",
     "RECONCILE_NO_CHARGE_AFTER_SECONDS": "30",
