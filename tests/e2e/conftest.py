@@ -40,6 +40,7 @@ class Stack:
         headers: dict[str, str] | None = None,
         secret: str = "sk_demo_secret",
         key: str = "mk_demo",
+        query: str = "",
     ) -> requests.Response:
         raw = (
             b""
@@ -51,7 +52,9 @@ class Stack:
             **signed_headers(key, secret, method, path, raw),
             **(headers or {}),
         }
-        return requests.request(method, self.api + path, data=raw, headers=all_headers, timeout=30)
+        # The query string is not part of the signature (SPEC §2).
+        url = self.api + path + (f"?{query}" if query else "")
+        return requests.request(method, url, data=raw, headers=all_headers, timeout=30)
 
     def intents(self) -> list[dict[str, Any]]:
         return list(requests.get(f"{self.sim}/_sim/payment_intents", timeout=5).json()["data"])
@@ -60,7 +63,7 @@ class Stack:
         requests.post(f"{self.sim}/_sim/fault", json={"mode": mode}, timeout=5).raise_for_status()
 
 
-def start(tmp: Path) -> Stack:
+def start(tmp: Path, **extra_env: str) -> Stack:
     api_port, sim_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -70,6 +73,7 @@ def start(tmp: Path) -> Stack:
         "STRIPE_MAX_RETRIES": "1",
         "PYTHONPATH": f"{ROOT / 'layers' / 'common'}:{ROOT}",
         "TRACES_EXPORTER_FILE": str(tmp / "traces.jsonl"),
+        **extra_env,
     }
     env.pop("PROMETHEUS_REMOTE_WRITE_URL", None)
     process = subprocess.Popen(
