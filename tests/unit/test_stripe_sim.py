@@ -199,12 +199,19 @@ def test_fault_error_without_count_persists_until_cleared(client: Client) -> Non
     assert charge(client).status_code == 200
 
 
-def test_fault_error_does_not_store_idempotent_result(client: Client, sim: StripeSimulator) -> None:
+def test_fault_error_is_saved_under_the_key_and_replays(
+    client: Client, sim: StripeSimulator
+) -> None:
+    # Stripe saves a keyed request's first response once execution began, 500s included.
     client.post("/_sim/fault", json={"mode": "error", "count": 1})
-    assert charge(client, key="k").status_code == 500
+    first = charge(client, key="k")
+    assert first.status_code == 500 and first.headers["Stripe-Should-Retry"] == "false"
     retry = charge(client, key="k")
-    assert retry.status_code == 200 and "Idempotent-Replayed" not in retry.headers
-    assert len(sim.payment_intents()) == 1
+    assert retry.status_code == 500 and retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.headers["Stripe-Should-Retry"] == "false"
+    assert js(retry) == js(first)
+    assert sim.payment_intents() == []  # `error` fails before any side effect
+    assert charge(client, key="k2").status_code == 200  # a new key runs
 
 
 def test_fault_hang_delays_then_answers(client: Client) -> None:
@@ -243,6 +250,7 @@ def test_reset_and_listing(client: Client, sim: StripeSimulator) -> None:
 
 def test_unknown_routes(client: Client) -> None:
     assert client.post("/v1/customers", headers=AUTH).status_code == 404
-    assert client.get("/v1/refunds", headers=AUTH).status_code == 405
+    # Like Stripe: an unsupported method on a known path is an unrecognized URL (404).
+    assert client.delete("/v1/refunds", headers=AUTH).status_code == 404
     assert client.get("/v1/payment_intents/pi_nope", headers=AUTH).status_code == 404
     assert client.get("/_sim/nope").status_code == 404
