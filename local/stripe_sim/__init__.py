@@ -31,7 +31,8 @@ POST /_sim/webhooks), from a background worker with bounded retries (webhooks.py
 
 Admin routes (not Stripe; JSON bodies whatever the Content-Type)
   GET/POST /_sim/fault           the first rule / one rule replacing all:
-                                 {"mode", "count"?, "hang_seconds"?, "path"?, "match"?}
+                                 {"mode", "count"?, "hang_seconds"?, "path"?, "match"?,
+                                 "method"?}
   GET/POST/DELETE /_sim/faults   list / append (returns it with an id) / clear; first match wins
   GET/POST /_sim/config          {"search_delay_seconds": n}
   GET/POST/DELETE /_sim/webhooks {"url", "secret"? | "secrets"?, "delay_seconds"?,

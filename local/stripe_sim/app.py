@@ -234,7 +234,8 @@ class StripeSimulator:
         values = [*_leaves(params), *([object_id] if object_id else [])]
         values += state.related_values(values)
         modes = modes_for(ex.request.method, scope is not None, executes)
-        return self._faults.take(FaultTarget(ex.request.path, tuple(values), frozenset(modes)))
+        target = FaultTarget(ex.request.method, ex.request.path, tuple(values), frozenset(modes))
+        return self._faults.take(target)
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -272,9 +273,10 @@ class StripeSimulator:
         *,
         path: str | None = None,
         match: str | None = None,
+        method: str | None = None,
     ) -> Fault:
         """One fault rule in place of all rules (mode "none" clears them)."""
-        spec = {"mode": mode, "count": count, "hang_seconds": hang_seconds}
+        spec = {"mode": mode, "count": count, "hang_seconds": hang_seconds, "method": method}
         return self._faults.replace_all(parse_fault({**spec, "path": path, "match": match}))
 
     @property

@@ -31,6 +31,7 @@ class Fault:
     hang_seconds: float = DEFAULT_HANG_SECONDS
     path: str | None = None  # path prefix, e.g. /v1/refunds
     match: str | None = None  # substring of one of the request's values
+    method: str | None = None  # GET or POST; None = both
     id: str | None = None
 
     def as_json(self) -> Json:
@@ -41,6 +42,7 @@ class Fault:
             "hang_seconds": self.hang_seconds,
             "path": self.path,
             "match": self.match,
+            "method": self.method,
         }
 
 
@@ -48,6 +50,7 @@ class Fault:
 class FaultTarget:
     """What a rule can be matched against, and which modes can apply to this request."""
 
+    method: str
     path: str
     values: tuple[str, ...]
     modes: frozenset[str]
@@ -105,6 +108,8 @@ class FaultRules:
 def _matches(rule: Fault, target: FaultTarget) -> bool:
     if rule.mode != "none" and rule.mode not in target.modes:
         return False
+    if rule.method is not None and rule.method != target.method:
+        return False
     if rule.path is not None and not target.path.startswith(rule.path):
         return False
     return rule.match is None or any(rule.match in v for v in target.values)
@@ -113,7 +118,7 @@ def _matches(rule: Fault, target: FaultTarget) -> bool:
 def parse_fault(data: Any) -> Fault:
     if not isinstance(data, dict) or data.get("mode") not in FAULT_MODES:
         raise _bad(f"mode must be one of {', '.join(FAULT_MODES)}.")
-    unknown = set(data) - {"mode", "count", "hang_seconds", "path", "match"}
+    unknown = set(data) - {"mode", "count", "hang_seconds", "path", "match", "method"}
     if unknown:
         raise _bad(f"unknown fault fields: {', '.join(sorted(unknown))}.")
     count, hang = data.get("count"), data.get("hang_seconds")
@@ -127,8 +132,16 @@ def parse_fault(data: Any) -> Fault:
         raise _bad("path must be a path prefix such as /v1/refunds.")
     if match is not None and (not isinstance(match, str) or not match):
         raise _bad("match must be a non-empty string.")
+    method = data.get("method")
+    if method is not None and method not in ("GET", "POST"):
+        raise _bad("method must be GET or POST.")
     return Fault(
-        mode=str(data["mode"]), count=count, hang_seconds=float(hang), path=path, match=match
+        mode=str(data["mode"]),
+        count=count,
+        hang_seconds=float(hang),
+        path=path,
+        match=match,
+        method=method,
     )
 
 
