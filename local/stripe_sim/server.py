@@ -57,7 +57,13 @@ class SimServer:
     def __init__(self, app: StripeSimulator, server: BaseWSGIServer) -> None:
         self.app = app
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="stripe-sim", daemon=True)
+        # A short poll interval: stop() (shutdown) waits up to one interval.
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="stripe-sim",
+            daemon=True,
+        )
         self._thread.start()
 
     @property

@@ -105,6 +105,11 @@ class WebhookDispatcher:
             self._cond.notify()
             return True
 
+    @property
+    def running(self) -> bool:
+        with self._cond:
+            return self._thread is not None and self._thread.is_alive()
+
     def deliveries(self) -> list[Json]:
         with self._cond:
             return list(self._log)
