@@ -18,7 +18,7 @@ Predicate = Callable[[Json], bool]
 
 _CLAUSE = re.compile(
     r"""\s*(?P<field>metadata\[(?:'[^']*'|"[^"]*")\]|[A-Za-z_.]+)"""
-    r"""\s*(?P<op>:|>=|<=|>|<)\s*(?P<value>'[^']*'|"[^"]*"|-?\d+)\s*"""
+    r"""\s*(?P<op>:|>=|<=|>|<)\s*(?P<value>'[^']*'|"[^"]*"|-?\d+|[A-Za-z_][\w.-]*)\s*"""
 )
 _AND = re.compile(r"AND\s+")
 _STRING_FIELDS = frozenset({"status", "currency"})
@@ -65,7 +65,7 @@ def _clause(query: str, field: str, op: str, raw: str) -> Predicate:
         text = raw[1:-1]
         return lambda obj: obj.get(field) == text
     if field in _NUMBER_FIELDS:
-        if quoted:
+        if not raw.lstrip("-").isdigit():
             raise _unsupported(query, f"{field} takes an unquoted integer")
         number, compare = int(raw), _OPS[op]
         return lambda obj: isinstance(obj.get(field), int) and compare(obj[field], number)
