@@ -176,7 +176,7 @@ class StripeSimulator:
             state = self._ledger
             early = _replay(ex, state, scope, fingerprint) if scope else None
             call = Call(ex.request_id, key)
-            op = None if early else _build(writer, state, call, params, object_id)
+            op = _build(writer, state, call, params, object_id) if early is None else None
             fault = self._take_fault(
                 ex, state, params, object_id, executes=early is None, scope=scope
             )

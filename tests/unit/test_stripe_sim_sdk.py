@@ -475,6 +475,19 @@ def test_the_sdk_recovers_a_dropped_response_by_retrying_with_its_key(
     assert len(sim.payment_intents()) == 1
 
 
+def test_a_500_on_a_read_is_worth_retrying(
+    server: SimServer, sim: CountingSim, client: stripe.StripeClient
+) -> None:
+    intent = pay(client)
+    sim.set_fault("error", count=1, method="GET", match=intent.id)
+    assert sdk(server, retries=1).v1.payment_intents.retrieve(intent.id).id == intent.id
+    assert [s for m, _, _, s in sim.seen if m == "GET"] == [500, 200]
+    sim.set_fault("error", method="GET")
+    with pytest.raises(stripe.APIError) as info:
+        client.v1.payment_intents.list()
+    assert info.value.headers["Stripe-Should-Retry"] == "true"
+
+
 def test_rules_by_match_and_path_first_match_wins(
     server: SimServer, sim: CountingSim, client: stripe.StripeClient
 ) -> None:
