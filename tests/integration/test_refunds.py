@@ -81,17 +81,21 @@ def test_refund_invalid_status(platform: Platform) -> None:
     assert status == 409 and body["error"]["code"] == "invalid_status"
 
 
-def test_refund_declined_by_provider_changes_nothing(platform: Platform) -> None:
+def test_refund_declined_by_provider_changes_no_money(platform: Platform) -> None:
     payment = _paid(platform, 1000, payment_method="pm_card_refundFail")
     status, body, _ = platform.refund(payment["payment_no"], {"amount": 400})
     assert status == 402 and body["error"]["code"] == "refund_failed"
     _, got, _ = platform.get_payment(payment["payment_no"])
-    assert got["refunded_amount"] == 0 and got["status"] == "succeeded" and got["refunds"] == []
+    assert got["refunded_amount"] == 0 and got["status"] == "succeeded"
+    # The attempt is on record as failed (as the provider shows it), its amount released.
+    assert [r["status"] for r in got["refunds"]] == ["failed"]
+    platform.fault("none")
+    assert platform.refund(payment["payment_no"], {"amount": 1000})[0] == 402  # refundable again
 
 
 def test_refund_when_provider_unavailable_releases_reservation(platform: Platform) -> None:
     payment = _paid(platform, 1000)
-    platform.fault("error")
+    platform.fault("rate_limit")  # 429 on every attempt: the request provably never ran
     status, body, headers = platform.refund(payment["payment_no"], {"amount": 1000})
     assert (
         status == 503

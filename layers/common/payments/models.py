@@ -97,7 +97,7 @@ class CreatePaymentRequest(_Strict):
 class ListPaymentsQuery(_Strict):
     """GET /api/v1/payments query string (values arrive as strings)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
     merchant_order_no: MerchantOrderNo | None = None
     status: PaymentStatus | None = None

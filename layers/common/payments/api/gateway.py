@@ -7,6 +7,7 @@ import hashlib
 from pydantic import ValidationError
 
 from payments.api import authenticated, parse_body
+from payments.errors import InvalidRequest
 from payments.http import ApiRequest, JsonResponse, Router, error_body, respond
 from payments.idempotency import once, validate_key
 from payments.logic import payments as payment_logic
@@ -87,9 +88,9 @@ def list_payments(request: ApiRequest) -> JsonResponse:
     try:
         query = ListPaymentsQuery.model_validate(request.query)
     except ValidationError as err:
-        raise invalid_request_from(
-            [dict(e) for e in err.errors(include_input=False, include_url=False)]
-        ) from None
+        errors = [dict(e) for e in err.errors(include_input=False, include_url=False)]
+        details = invalid_request_from(errors).details
+        raise InvalidRequest("The query string is invalid.", details=details) from None
     page, has_more = payment_store().list_payments(
         merchant.merchant_id,
         merchant_order_no=query.merchant_order_no,

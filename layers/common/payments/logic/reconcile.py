@@ -34,6 +34,7 @@ from payments.channel import (
     ProviderIntent,
 )
 from payments.config import Settings
+from payments.errors import NotFound
 from payments.logic import refunds as refund_logic
 from payments.logic.settlement import settle_charged, settle_not_charged
 from payments.models import Payment, PaymentStatus, Reconciliation, Refund, RefundStatus
@@ -66,6 +67,7 @@ class Outcome(StrEnum):
     MISMATCH = "mismatch"  # the provider's record disagrees on amount/currency: flagged
     LATE_CHARGE_REFUNDED = "late_charge_refunded"
     LATE_CHARGE_FLAGGED = "late_charge_flagged"
+    NOT_FOUND = "not_found"  # no such payment or refund in the ledger (not ours)
     ERROR = "error"  # a bug or a storage failure
 
 
@@ -225,7 +227,9 @@ class Reconciler:
     ) -> Outcome:
         with self._attempt("refund", payment_no) as done:
             refund = self.payments.get_refund(payment_no, refund_no)
-            if refund is None or refund.status is not RefundStatus.PENDING:
+            if refund is None:
+                raise NotFound("No such refund.")
+            if refund.status is not RefundStatus.PENDING:
                 done.outcome = Outcome.ALREADY_FINAL
                 return done.outcome
             with _linked_span("reconcile refund", refund.trace_parent, payment_no):
@@ -316,6 +320,8 @@ class Reconciler:
         logger.append_keys(payment_no=payment_no)
         try:
             yield done
+        except NotFound:
+            done.outcome = Outcome.NOT_FOUND
         except Exception:
             done.outcome = Outcome.ERROR
             logger.exception("reconciliation failed")

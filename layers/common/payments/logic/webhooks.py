@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from payments.errors import InvalidSignature, NotFound
-from payments.logic.reconcile import Reconciler
+from payments.errors import InvalidSignature
+from payments.logic.reconcile import Outcome, Reconciler
 from payments.observability import metrics
 from payments.store.webhooks import WebhookEventStore
 
@@ -112,21 +112,18 @@ def _dispatch(event: Event, reconciler: Reconciler) -> str:
     payment_no = metadata.get("payment_no") if isinstance(metadata, dict) else None
     if not isinstance(payment_no, str) or not payment_no:
         return "ignored"  # not one of ours (or no hint to follow)
-    try:
-        if event.type in PAYMENT_EVENTS:
-            reference = event.object.get("id")
-            reconciler.reconcile_payment(
-                payment_no, reference=reference if isinstance(reference, str) else None
-            )
-            return "processed"
-        if event.type in REFUND_EVENTS:
-            refund_no = metadata.get("refund_no")
-            if isinstance(refund_no, str) and refund_no:
-                reconciler.reconcile_refund(payment_no, refund_no)
-            else:
-                for refund in reconciler.payments.refunds(payment_no):
-                    reconciler.reconcile_refund(payment_no, refund.refund_no)
-            return "processed"
-    except NotFound:
-        return "ignored"
+    if event.type in PAYMENT_EVENTS:
+        reference = event.object.get("id")
+        outcome = reconciler.reconcile_payment(
+            payment_no, reference=reference if isinstance(reference, str) else None
+        )
+        return "ignored" if outcome is Outcome.NOT_FOUND else "processed"
+    if event.type in REFUND_EVENTS:
+        refund_no = metadata.get("refund_no")
+        if isinstance(refund_no, str) and refund_no:
+            outcome = reconciler.reconcile_refund(payment_no, refund_no)
+            return "ignored" if outcome is Outcome.NOT_FOUND else "processed"
+        for refund in reconciler.payments.refunds(payment_no):
+            reconciler.reconcile_refund(payment_no, refund.refund_no)
+        return "processed"
     return "ignored"
