@@ -82,7 +82,7 @@ def _events(function: str, store: Any, spec: Json) -> Any:
             "step": "ChannelPayment",
             "trace_context": {},
             "payment": payment(i),
-            "order": {},
+            "order": {"order_no": f"ord_{i}", "status": "created"},
         }
     if function == "order":
         last: dict[str, Any] = {}
@@ -102,7 +102,7 @@ def _events(function: str, store: Any, spec: Json) -> Any:
                 "trace_context": {},
                 "payment": last["payment"],
                 "action": "mark_paid",
-                "order": {"order_no": order_no},
+                "order": {"order_no": order_no, "status": "created"},
             }
 
         return order_event

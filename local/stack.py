@@ -122,11 +122,14 @@ def start_stack(
     env_overrides: Mapping[str, str] | None = None,
     *,
     isolated: bool = False,
+    scheduled: bool | None = None,
 ) -> StackHandle:
     """Start everything (0 = ephemeral port); on failure, stop what was started and raise.
 
     `isolated` runs every Lambda execution environment in its own process (`make run`);
     in-process functions (the default) let tests patch and measure inside the handlers.
+    `scheduled` runs the template's schedules (the reconciler); default: with `isolated`,
+    so in-process tests see no background invocations.
     """
     sim = start_stripe_sim(sim_port)
     sim_url: str | None = getattr(sim, "url", None)
@@ -142,8 +145,10 @@ def start_stack(
         api = _bind("API", port, lambda: serve_api(emulator.template, emulator.runtime, port))
         started.append(api)
         _send_webhooks(sim, api.url)
-        entries = schedules(Path(template_path), {**os.environ, **(env_overrides or {})})
-        scheduler = Scheduler(emulator.runtime, entries).start()
+        scheduler = None
+        if isolated if scheduled is None else scheduled:
+            entries = schedules(Path(template_path), {**os.environ, **(env_overrides or {})})
+            scheduler = Scheduler(emulator.runtime, entries).start()
     except BaseException:
         for item in reversed(started):
             item.stop()

@@ -229,8 +229,13 @@ def test_an_unreachable_shared_store_never_blocks_a_call(clock: Clock) -> None:
     assert state(breaker) == "open"
 
 
-def test_dynamodb_store_keeps_the_latest_opening_and_clears_only_expired_ones() -> None:
+def test_dynamodb_store_keeps_the_latest_opening_and_clears_only_expired_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from moto import mock_aws
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # left by emulator tests
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
     from payments.store import clients
     from payments.store.breakers import BreakerStore
