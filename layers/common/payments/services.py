@@ -40,6 +40,7 @@ def workflow() -> PaymentWorkflow:
 def reset() -> None:
     """Forget everything built from settings (tests change the environment)."""
     from payments import idempotency
+    from payments import observability
     from payments.config import get_settings as settings
     from payments.store import clients
 
@@ -47,3 +48,4 @@ def reset() -> None:
         factory.cache_clear()
     idempotency.reset()
     clients.reset()
+    observability.reset()  # settings, tracing set-up, export pipeline, metrics
