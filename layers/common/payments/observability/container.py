@@ -115,7 +115,9 @@ class Observability:
                 return
             settings = self.refresh_settings() if exporters is not None else self.settings
             sampler = build_sampler(settings)
-            chosen = list(exporters) if exporters is not None else _exporters.lazy_exporters(settings)
+            chosen = (
+                list(exporters) if exporters is not None else _exporters.lazy_exporters(settings)
+            )
             if self.provider is None:
                 self.provider = install_global_provider(service, self.sampler, self.processor)
             self.sampler.delegate = sampler

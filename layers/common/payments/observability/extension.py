@@ -99,7 +99,11 @@ class ExtensionsClient:
     def next_event(self) -> dict[str, Any]:
         """Block until Lambda has the next event for this extension (no timeout: it idles)."""
         status, _, payload = self._request(
-            "GET", NEXT_PATH, None, {"Lambda-Extension-Identifier": self.extension_id}, None  # type: ignore[arg-type]
+            "GET",
+            NEXT_PATH,
+            None,
+            {"Lambda-Extension-Identifier": self.extension_id},
+            None,  # type: ignore[arg-type]
         )
         if status != 200:
             raise ExtensionsApiError(f"event/next answered {status}")

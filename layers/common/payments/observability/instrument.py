@@ -57,7 +57,9 @@ def instrument(service: str) -> Callable[[Handler], Handler]:
             initialise(obs, service, context)
             cold_start, obs.cold_start = obs.cold_start, False
             request_id = str(getattr(context, "aws_request_id", "") or "")
-            _logging.logger.append_keys(function_request_id=request_id or None, cold_start=cold_start)
+            _logging.logger.append_keys(
+                function_request_id=request_id or None, cold_start=cold_start
+            )
             invocation = {"faas.coldstart": cold_start, "faas.invocation_id": request_id}
             try:
                 return _dispatch(service, handler, event, context, invocation)
@@ -124,7 +126,9 @@ def _span(
     if span.is_recording():
         values = attributes() if callable(attributes) else attributes
         span.set_attributes(redact_attributes(values))
-    with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+    with trace.use_span(
+        span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+    ):
         try:
             yield span
         except BaseException as exc:

@@ -96,6 +96,7 @@ def _settings() -> ObservabilitySettings:
 
     return container().settings
 
+
 Key = tuple[str, ...]
 LabelValue = str | int
 
@@ -422,17 +423,37 @@ def _raw_series() -> tuple[list[_Raw], list[remote_write.Metadata]]:
 
     for m in _REGISTRY:
         if isinstance(m, Counter) and m._totals:
-            metadata.append(remote_write.Metadata(m.prometheus_name, METRIC_TYPE_COUNTER, m.help, m.unit))
+            metadata.append(
+                remote_write.Metadata(m.prometheus_name, METRIC_TYPE_COUNTER, m.help, m.unit)
+            )
             for key, total in m._totals.items():
-                add(dict(zip(m.labels, key, strict=True)), {"__name__": m.prometheus_name}, total, True)
+                add(
+                    dict(zip(m.labels, key, strict=True)),
+                    {"__name__": m.prometheus_name},
+                    total,
+                    True,
+                )
         elif isinstance(m, Gauge) and m._values:
-            metadata.append(remote_write.Metadata(m.prometheus_name, METRIC_TYPE_GAUGE, m.help, m.unit))
+            metadata.append(
+                remote_write.Metadata(m.prometheus_name, METRIC_TYPE_GAUGE, m.help, m.unit)
+            )
             for key, current in m._values.items():
-                add(dict(zip(m.labels, key, strict=True)), {"__name__": m.prometheus_name}, current, False)
+                add(
+                    dict(zip(m.labels, key, strict=True)),
+                    {"__name__": m.prometheus_name},
+                    current,
+                    False,
+                )
         elif isinstance(m, Histogram) and m._counts:
-            metadata.append(remote_write.Metadata(m.prometheus_name, METRIC_TYPE_HISTOGRAM, m.help, m.unit))
+            metadata.append(
+                remote_write.Metadata(m.prometheus_name, METRIC_TYPE_HISTOGRAM, m.help, m.unit)
+            )
             for key in m._counts:
-                own, snap, name = dict(zip(m.labels, key, strict=True)), m._snapshot(key), m.prometheus_name
+                own, snap, name = (
+                    dict(zip(m.labels, key, strict=True)),
+                    m._snapshot(key),
+                    m.prometheus_name,
+                )
                 for bound, cumulative in snap.buckets:
                     le = {"__name__": name + "_bucket", "le": remote_write.format_le(bound)}
                     add(own, le, float(cumulative), True)
@@ -508,7 +529,9 @@ def _instance() -> tuple[str, int] | None:
     return obs.instance_slot.current()
 
 
-def _start_write(url: str, deadline: float, outcome: list[remote_write.Outcome]) -> threading.Thread:
+def _start_write(
+    url: str, deadline: float, outcome: list[remote_write.Outcome]
+) -> threading.Thread:
     """The writer thread: slot lease (may call DynamoDB), series, encode, POST."""
     from payments.observability import remote_write
 
@@ -555,7 +578,6 @@ def _remote_write(url: str, deadline: float) -> None:
     timeouts alone cannot. At most one write is in flight: a later flush skips while one
     is still running, and the next successful write carries the cumulative state anyway.
     """
-    from payments.observability import remote_write
 
     outcome: list[remote_write.Outcome] = []
     with _LOCK:
@@ -608,7 +630,10 @@ def flush(timeout_seconds: float | None = None) -> None:
     try:
         with _LOCK:
             entries = _emf_entries()
-        emf.write(emf.build(settings.namespace, entries, int(time.time() * 1000)), settings.emf_output_file)
+        emf.write(
+            emf.build(settings.namespace, entries, int(time.time() * 1000)),
+            settings.emf_output_file,
+        )
     except Exception:
         _log.warning("metrics EMF flush failed", exc_info=True)
     url = settings.remote_write_url

@@ -122,7 +122,9 @@ class ExportPipeline:
         started = time.monotonic()
         deadline = started + max(0.0, budget_s)
         tickets = [lane.request() for lane in self.lanes]
-        complete = all([lane.wait(t, deadline) for lane, t in zip(self.lanes, tickets, strict=True)])
+        complete = all(
+            [lane.wait(t, deadline) for lane, t in zip(self.lanes, tickets, strict=True)]
+        )
         return FlushOutcome(time.monotonic() - started, complete)
 
     def stop(self) -> None:

@@ -34,7 +34,9 @@ TTL_GRACE_S = 86_400  # DynamoDB deletes expired items up to days later; only a 
 class SlotLeases(Protocol):
     """Leases of numbered slots per function (the data-access interface)."""
 
-    def claim(self, function: str, owner: str, slots: int, now: float, lease_s: float) -> int | None:
+    def claim(
+        self, function: str, owner: str, slots: int, now: float, lease_s: float
+    ) -> int | None:
         """Lease the lowest slot free at `now` (or already ours); None when all are taken."""
 
     def renew(self, function: str, slot: int, owner: str, now: float, lease_s: float) -> bool:
@@ -57,7 +59,9 @@ class InMemorySlotLeases:
         self.items: dict[tuple[str, int], _Lease] = {}
         self._lock = threading.Lock()
 
-    def claim(self, function: str, owner: str, slots: int, now: float, lease_s: float) -> int | None:
+    def claim(
+        self, function: str, owner: str, slots: int, now: float, lease_s: float
+    ) -> int | None:
         with self._lock:
             for slot in range(slots):
                 lease = self.items.get((function, slot))
@@ -137,7 +141,9 @@ class DynamoDbSlotLeases:
             raise
         return True
 
-    def claim(self, function: str, owner: str, slots: int, now: float, lease_s: float) -> int | None:
+    def claim(
+        self, function: str, owner: str, slots: int, now: float, lease_s: float
+    ) -> int | None:
         for _attempt in range(3):  # lost races re-read the pool
             live = self._live(function, now)
             mine = [slot for slot, holder in live.items() if holder == owner]
@@ -196,6 +202,7 @@ class InstanceSlot:
         function: str,
         slots: int,
         lease_s: float,
+        *,
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
     ) -> None:
@@ -214,10 +221,13 @@ class InstanceSlot:
         now = self._clock()
         if self.slot is not None and now < self.expires_at - self.lease_s / 2:
             return str(self.slot), self.epoch
-        if self.slot is not None and now < self.expires_at:
-            if self.leases.renew(self.function, self.slot, self.owner, now, self.lease_s):
-                self.expires_at = now + self.lease_s
-                return str(self.slot), self.epoch
+        if (
+            self.slot is not None
+            and now < self.expires_at
+            and self.leases.renew(self.function, self.slot, self.owner, now, self.lease_s)
+        ):
+            self.expires_at = now + self.lease_s
+            return str(self.slot), self.epoch
         # Never held, lapsed (frozen past the expiry) or taken over: claim again.
         slot = self.leases.claim(self.function, self.owner, self.slots, now, self.lease_s)
         if slot is None:
