@@ -33,6 +33,7 @@ import http.client
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -260,8 +261,16 @@ def _monotonic_deadline(deadline_ms: Any, now: float) -> float:
 
 
 def install_sigterm_flush(flush: Flush) -> bool:
-    """On SIGTERM (environment shutdown) flush within Lambda's grace, then terminate."""
+    """On SIGTERM (environment shutdown) flush within Lambda's grace, then terminate.
+
+    Only in Lambda's managed runtime (AWS_EXECUTION_ENV): it polls for events off the main
+    thread, so a Python signal handler can run. A runtime blocked in a C call on the main
+    thread (awslambdaric's default, e.g. a local emulation) would never run the handler and,
+    with the default action replaced, would no longer stop on SIGTERM at all.
+    """
     if threading.current_thread() is not threading.main_thread():
+        return False
+    if not os.environ.get("AWS_EXECUTION_ENV", "").startswith("AWS_Lambda_"):
         return False
     previous = signal.getsignal(signal.SIGTERM)
 
