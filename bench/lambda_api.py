@@ -259,7 +259,9 @@ class MiniRuntime:
     def __init__(self, api: FakeLambdaApi, handler: Any) -> None:
         import http.client
 
-        self._connection = http.client.HTTPConnection(api.address.split(":")[0], int(api.address.split(":")[1]))
+        self._connection = http.client.HTTPConnection(
+            api.address.split(":")[0], int(api.address.split(":")[1])
+        )
         self.handler = handler
         self._stop = False
         self.thread = threading.Thread(target=self._loop, name="mini-runtime", daemon=True)

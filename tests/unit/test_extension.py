@@ -274,7 +274,9 @@ def test_the_real_runtime_interface_client_end_to_end(tmp_path: Path) -> None:
     assert b"Traceback" not in process.stderr.read()
 
 
-def test_json_lines_are_written_off_the_response_path(lambda_api: FakeLambdaApi, tmp_path: Path) -> None:
+def test_json_lines_are_written_off_the_response_path(
+    lambda_api: FakeLambdaApi, tmp_path: Path
+) -> None:
     path = tmp_path / "spans.jsonl"
     os.environ["TRACES_EXPORTER_FILE"] = str(path)
     observability.reset()
