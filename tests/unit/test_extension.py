@@ -127,7 +127,7 @@ def test_busy_traffic_flushes_periodically_not_after_every_invocation(
     assert len(exporter.batches) == 1
     assert exporter.names() == ["ext-service"]
     assert len(observability.container().processor.queues[0]) == 4  # waiting, not lost
-    observability.container().flush(2.0)  # e.g. the SIGTERM flush at shutdown
+    observability.container().flush(2.0, final=True)  # the SIGTERM flush at shutdown
     assert len(exporter.names()) == 5
     runtime.stop()
 
@@ -145,7 +145,7 @@ def test_a_slow_backend_is_bounded_and_loses_nothing(lambda_api: FakeLambdaApi) 
     assert all(p is not None and p < 0.5 for p in post_runtime), post_runtime
     deadline = time.monotonic() + 10
     while len(exporter.names()) < 4 and time.monotonic() < deadline:
-        observability.container().flush(1.0)
+        observability.container().flush(1.0, final=True)
     assert sorted(exporter.names()) == ["ext-service"] * 4
     assert observability.container().processor.dropped() == 0
     runtime.stop()

@@ -148,12 +148,15 @@ class Observability:
         for queue in self.processor.queues:
             queue.export_pending(deadline)
 
-    def flush(self, budget_s: float | None = None) -> FlushOutcome:
-        """Export spans and metrics, waiting at most `budget_s` (default: the flush bound)."""
+    def flush(self, budget_s: float | None = None, *, final: bool = False) -> FlushOutcome:
+        """Export spans and metrics, waiting at most `budget_s` (default: the flush bound).
+
+        `final` (shutdown): also wait for exports already in flight and what follows them.
+        """
         if budget_s is None:
             budget_s = self.settings.flush_timeout_ms / 1000
         self._count_dropped()
-        return self.pipeline.flush(budget_s)
+        return self.pipeline.flush(budget_s, behind_in_flight=final)
 
     def _count_dropped(self) -> None:
         from payments.observability import metrics
@@ -191,7 +194,7 @@ class Observability:
             install_sigterm_flush(self._shutdown_flush)
 
     def _shutdown_flush(self, budget_s: float) -> None:
-        self.flush(budget_s)
+        self.flush(budget_s, final=True)
         slot = self.instance_slot
         if slot is not None:
             with contextlib.suppress(Exception):

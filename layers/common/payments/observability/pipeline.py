@@ -41,14 +41,16 @@ class Lane:
     def busy(self) -> bool:
         return self._running
 
-    def request(self) -> int | None:
-        """Ask for a run: a ticket to wait for, or None while an earlier run is in flight."""
+    def request(self, *, behind_in_flight: bool = False) -> int | None:
+        """Ask for a run: a ticket to wait for. While an earlier run is in flight the new one
+        follows it, and the ticket is None unless `behind_in_flight` (the shutdown flush waits
+        for both; the per-invocation flush never waits on a backend that is already stuck)."""
         with self._cond:
             if self._stopped:
                 return None
             if self._running:
                 self._again = True
-                return None
+                return self._requested + 1 if behind_in_flight else None
             self._requested += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
@@ -118,10 +120,10 @@ class ExportPipeline:
             Lane("metrics-export", export_metrics, timeout_s),
         )
 
-    def flush(self, budget_s: float) -> FlushOutcome:
+    def flush(self, budget_s: float, *, behind_in_flight: bool = False) -> FlushOutcome:
         started = time.monotonic()
         deadline = started + max(0.0, budget_s)
-        tickets = [lane.request() for lane in self.lanes]
+        tickets = [lane.request(behind_in_flight=behind_in_flight) for lane in self.lanes]
         complete = all(
             [lane.wait(t, deadline) for lane, t in zip(self.lanes, tickets, strict=True)]
         )
