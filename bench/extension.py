@@ -76,7 +76,11 @@ def _spans(mode: str) -> Json:
     exported = sum(q.exported for q in queues)
     dropped = sum(q.dropped for q in queues)
     pending = sum(len(q) for q in queues)
-    return {"spans_ended": exported + dropped + pending, "spans_lost": dropped, "spans_exported": exported}
+    return {
+        "spans_ended": exported + dropped + pending,
+        "spans_lost": dropped,
+        "spans_exported": exported,
+    }
 
 
 def _stats(response: list[float], post: list[float], cpu: list[float]) -> Json:

@@ -122,6 +122,10 @@ class FakeLambdaApi:
         self._thread.start()
 
     @property
+    def arn(self) -> str:
+        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
+
+    @property
     def address(self) -> str:
         """The value of AWS_LAMBDA_RUNTIME_API."""
         return f"127.0.0.1:{self.server.server_address[1]}"
@@ -166,7 +170,7 @@ class FakeLambdaApi:
             "eventType": "INVOKE",
             "deadlineMs": invocation.deadline_ms,
             "requestId": invocation.request_id,
-            "invokedFunctionArn": f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}",
+            "invokedFunctionArn": self.arn,
             "tracing": {"type": "X-Amzn-Trace-Id", "value": ""},
         }
         return 200, json.dumps(event).encode(), {"Lambda-Extension-Event-Identifier": "e"}
@@ -192,7 +196,7 @@ class FakeLambdaApi:
         headers = {
             "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
             "Lambda-Runtime-Deadline-Ms": str(invocation.deadline_ms),
-            "Lambda-Runtime-Invoked-Function-Arn": f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}",
+            "Lambda-Runtime-Invoked-Function-Arn": self.arn,
             "Lambda-Runtime-Trace-Id": "",
             "Content-Type": "application/json",
         }

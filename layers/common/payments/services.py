@@ -39,8 +39,7 @@ def workflow() -> PaymentWorkflow:
 
 def reset() -> None:
     """Forget everything built from settings (tests change the environment)."""
-    from payments import idempotency
-    from payments import observability
+    from payments import idempotency, observability
     from payments.config import get_settings as settings
     from payments.store import clients
 
