@@ -55,8 +55,8 @@ observe: $(STAMP) prometheus
 build: $(STAMP)
 	PATH=$(dir $(PY312)):$$PATH $(VENV)/bin/sam build --parallel
 
+# The cold-start section creates its Lambda-like venv (.local/lambda-venv) on first use.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r bench/requirements.txt
 	$(PY) -m bench
 
 load: $(STAMP)

@@ -131,6 +131,8 @@ class _SinkHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
+        if self.server.delay_s:
+            time.sleep(self.server.delay_s)  # a slow backend
         self.server.count += 1
         status = 200 if self.path.endswith("/v1/traces") else 204
         self.send_response(status)
@@ -146,13 +148,15 @@ class _SinkHandler(BaseHTTPRequestHandler):
 class _Sink(ThreadingHTTPServer):
     daemon_threads = True
     count = 0
+    delay_s = 0.0
 
 
 class Sink:
     """A loopback HTTP receiver for Prometheus remote write and OTLP/HTTP traces."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.server = _Sink(("127.0.0.1", 0), _SinkHandler)
+        self.server.delay_s = delay_s
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

@@ -313,6 +313,29 @@ class Fakes:
         self.workflow = workflow
 
 
+def install_loaded(*modules: ModuleType) -> Fakes:
+    """Like `install` (canned workflow, fake channel), patching only modules already loaded
+    and `modules`: the cold-start bench must not import what a function never imports."""
+    fakes = Fakes(FakeWorkflow("canned", False))
+    factories: dict[str, Callable[[], Any]] = {
+        "payment_store": lambda: fakes.payments,
+        "order_store": lambda: fakes.orders,
+        "api_keys": lambda: fakes.keys,
+        "velocity_store": lambda: fakes.velocity,
+        "workflow": lambda: fakes.workflow,
+    }
+    loaded = [m for n, m in list(sys.modules.items()) if n.startswith("payments.") and m]
+    for module in (*loaded, *modules):
+        for name, factory in factories.items():
+            if name in vars(module) and module.__name__ != "payments.store":
+                setattr(module, name, factory)
+    channel = sys.modules.get("payments.channel")
+    if channel is not None:
+        with channel._lock:
+            channel._clients["stripe"] = FakeChannel()
+    return fakes
+
+
 def install(*, workflow: str = "inline", unwrap: bool = False, real_channel: bool = False) -> Fakes:
     """Point every module's store factories at in-memory fakes (call after loading handlers
     is not needed: handlers loaded later see the patched factories through the modules)."""

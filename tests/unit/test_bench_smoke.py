@@ -8,14 +8,12 @@ from collections.abc import Iterator
 import pytest
 
 from bench import coldstart, load, warm
-from bench import flush as flush_bench
-from bench.__main__ import report, run_warm, warm_table
+from bench.__main__ import report, run_extension, run_warm, warm_table
 from bench.common import (
     FUNCTIONS,
     STRIPE_KEY,
     HungReceiver,
     Sink,
-    closed_port_url,
     machine,
     percentile,
     run_child,
@@ -51,7 +49,7 @@ def test_percentile_and_machine() -> None:
 def test_everything_runs_and_reports(sinks: dict[str, str], sim: SimServer) -> None:
     hung = HungReceiver()
     try:
-        cold = coldstart.run(runs=1, functions=("channel",))
+        cold = coldstart.run(runs=1, functions=("channel",), callgrind=False)
         warm_fake = run_warm("fake", 1, 2, 1, sinks, lambda _: None)
         real = run_child(
             "bench.warm", {"mode": "real", "config": "metrics", "n": 1, "warmup": 0, "sinks": sinks}
@@ -63,14 +61,8 @@ def test_everything_runs_and_reports(sinks: dict[str, str], sim: SimServer) -> N
             )
             for fn in FUNCTIONS
         }
-        flushes = {
-            "up": run_child("bench.flush", {"n": 2, **sinks}),
-            "down": run_child(
-                "bench.flush",
-                {"n": 1, "rw": closed_port_url() + "/api/v1/write", "otlp": closed_port_url()},
-            ),
-            "hung": run_child("bench.flush", {"n": 1, "rw": hung.url, "otlp": hung.url}),
-        }
+        exports = run_extension(2, sinks, hung.url)
+        series = run_child("bench.series", {})
     finally:
         hung.stop()
     assert "fn:channel" in cold["variants"] and "baseline" in cold["variants"]
@@ -78,7 +70,8 @@ def test_everything_runs_and_reports(sinks: dict[str, str], sim: SimServer) -> N
     assert all(entry["errors"] == 0 for entry in warm_fake["configs"].values())
     assert real["errors"] == 0 and real["n"] == 1
     assert all(m["errors"] == 0 for m in memory.values())
-    assert flushes["up"]["n"] == 2 and flushes["up"]["bound_ms"] == flush_bench.BOUND_MS
+    assert exports["extension/up"]["n"] == 2 and exports["extension/up"]["spans_lost"] == 0
+    assert series["series_after"] < series["series_before"]
     warm_real = {**warm_fake, "configs": {c: dict(e) for c, e in warm_fake["configs"].items()}}
     text = report(
         {
@@ -88,10 +81,11 @@ def test_everything_runs_and_reports(sinks: dict[str, str], sim: SimServer) -> N
             "warm_real": warm_real,
             "warm_fake": warm_fake,
             "memory": memory,
-            "flush": flushes,
+            "extension": exports,
+            "series": series,
         }
     )
-    assert "Cold start" in text and "Flush cost" in text
+    assert "Cold start" in text and "response path" in text and "churn" in text
     assert "no monitoring" in warm_table(warm_fake, "fakes")
 
 

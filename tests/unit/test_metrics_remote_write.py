@@ -13,8 +13,10 @@ from typing import Any
 import cramjam
 import pytest
 
+from payments import observability
 from payments.observability import metrics, remote_write
 from payments.observability.remote_write_pb import messages
+from payments.observability.settings import ObservabilitySettings
 
 
 @dataclass
@@ -329,16 +331,16 @@ def test_sigv4_signing(receiver, capsys, monkeypatch, tmp_path):
     assert metrics.remote_write_failures == 0
 
 
-def test_sigv4_detection(monkeypatch):
+def test_sigv4_detection():
     amp = "https://aps-workspaces.us-west-2.amazonaws.com/workspaces/ws-1/api/v1/remote_write"
-    for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "PROMETHEUS_REMOTE_WRITE_REGION"):
-        monkeypatch.delenv(var, raising=False)
-    assert remote_write._sigv4_region(amp) == "us-west-2"
-    assert remote_write._sigv4_region("http://prometheus:9090/api/v1/write") is None
-    monkeypatch.setenv("AWS_REGION", "ap-northeast-1")
-    assert remote_write._sigv4_region(amp) == "ap-northeast-1"
-    monkeypatch.setenv("PROMETHEUS_REMOTE_WRITE_SIGV4", "false")
-    assert remote_write._sigv4_region(amp) is None
+
+    def region(url: str, **env: str) -> str | None:
+        return remote_write._sigv4_region(url, ObservabilitySettings.from_environ(env))
+
+    assert region(amp) == "us-west-2"
+    assert region("http://prometheus:9090/api/v1/write") is None
+    assert region(amp, AWS_REGION="ap-northeast-1") == "ap-northeast-1"
+    assert region(amp, AWS_REGION="ap-northeast-1", PROMETHEUS_REMOTE_WRITE_SIGV4="false") is None
 
 
 @pytest.mark.parametrize(
@@ -366,6 +368,7 @@ def test_remote_write_at_most_once_per_interval(receiver, monkeypatch, capsys):
     metrics.flush(1.0)  # within the interval: EMF only, nothing on the wire
     assert len(receiver.requests) == 1
     monkeypatch.setenv("PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS", "0")
+    observability.container().refresh_settings()  # settings are read once per environment
     metrics.flush(1.0)  # the next write carries the cumulative state: nothing was lost
     assert len(receiver.requests) == 2
     samples = find(receiver.write_requests()[1], "payment_gateway_payment_total", status="success")

@@ -1,7 +1,10 @@
-"""`sam build` succeeds: the layer and every function build for python3.12 on arm64."""
+"""`sam build` succeeds: the layer and every function build for python3.12 on arm64, every
+module compiled to an unchecked-hash .pyc (Lambda's file system is read-only: without them
+each cold start compiles the layer from source)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -49,3 +52,16 @@ def test_sam_build(tmp_path: Path) -> None:
         "ChannelFunction",
     ):
         assert (build_dir / fn / "app.py").is_file()
+        assert_unchecked_pyc(build_dir / fn / "app.py")
+    for source in [*(layer / "payments").rglob("*.py"), layer / "pydantic" / "main.py"]:
+        assert_unchecked_pyc(source)
+
+
+def assert_unchecked_pyc(source: Path) -> None:
+    """A .pyc for `source`, for this interpreter's magic, hash-based without source check."""
+    cached = Path(importlib.util.cache_from_source(str(source)))
+    assert cached.is_file(), f"no .pyc for {source}"
+    header = cached.read_bytes()[:16]
+    assert header[:4] == importlib.util.MAGIC_NUMBER, cached
+    flags = int.from_bytes(header[4:8], "little")
+    assert flags == 0b01, f"{cached}: flags {flags:#b} (want hash-based, unchecked)"

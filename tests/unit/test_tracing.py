@@ -13,7 +13,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from payments.observability import tracing
+from payments import observability
+from payments.observability import exporters, provider, tracing
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -67,7 +68,7 @@ def hex_trace(span: ReadableSpan) -> str:
 
 def test_setup_installs_the_global_provider_used_by_business_tracers(configure: Configure) -> None:
     exporter = configure()
-    assert trace.get_tracer_provider() is tracing._provider
+    assert trace.get_tracer_provider() is observability.container().provider
     # business code and the Stripe client use the global provider directly
     with trace.get_tracer("payments.channel").start_as_current_span("stripe: POST"):
         pass
@@ -218,7 +219,7 @@ def test_parent_based_sampling_follows_the_sampled_flag(
 
 
 def test_legacy_rate_is_a_parent_based_ratio() -> None:
-    sampler = tracing._otel_sampler("parentbased_traceidratio", "0.25")
+    sampler = provider.named_sampler("parentbased_traceidratio", 0.25)
     assert "0.25" in sampler.get_description()
 
 
@@ -238,7 +239,7 @@ def test_invalid_sampling_configuration_fails_at_setup(
 ) -> None:
     with pytest.raises(tracing.TracingConfigError, match=message):
         configure(**env)
-    assert not tracing._configured
+    assert not observability.container().tracing_configured
 
 
 # --------------------------------------------------------------------------- exporters
@@ -279,7 +280,7 @@ def test_xray_exporter_signs_with_sigv4(
 
     import requests
 
-    session = tracing._sigv4_session("eu-west-1")
+    session = exporters.sigv4_session("eu-west-1")
     assert session.auth is not None
     prepared = requests.Request(
         "POST",
@@ -450,15 +451,30 @@ def test_flush_with_nothing_ended_exports_nothing(monkeypatch: pytest.MonkeyPatc
         tracing.reset_for_tests()
 
 
-def test_flush_never_raises(monkeypatch: pytest.MonkeyPatch, configure: Configure) -> None:
-    configure()
-    assert tracing._provider is not None
+class ExplodingExporter(SpanExporter):
+    def __init__(self) -> None:
+        self.calls = 0
 
-    def boom(timeout_millis: int = 0) -> bool:
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.calls += 1
         raise RuntimeError("exporter exploded")
 
-    monkeypatch.setattr(tracing._provider, "force_flush", boom)
-    tracing.flush(0.1)
+    def shutdown(self) -> None:
+        return None
+
+
+def test_flush_never_raises(monkeypatch: pytest.MonkeyPatch, configure: Configure) -> None:
+    configure()
+    exploding = ExplodingExporter()
+    tracing.reset_for_tests()
+    tracing.setup("boom", exporters=[exploding])
+    with tracing.get_tracer().start_as_current_span("s"):
+        pass
+    tracing.flush(1.0)
+    assert exploding.calls == 1
+    (queue,) = observability.container().processor.queues
+    assert len(queue) == 1  # kept for the next flush, not lost
+    observability.reset()  # the next test gets fresh lanes
     import threading as threading_module
 
     monkeypatch.setattr(threading_module, "Thread", None)  # even thread creation failing

@@ -123,7 +123,7 @@ def reset_channels() -> None:
 
 def reset() -> None:
     """Forget everything built from settings (tests change the environment)."""
-    from payments import idempotency
+    from payments import idempotency, observability
     from payments.store import clients
 
     for factory in (
@@ -141,3 +141,4 @@ def reset() -> None:
     reset_channels()
     idempotency.reset()
     clients.reset()
+    observability.reset()  # settings, tracing set-up, export pipeline, metrics

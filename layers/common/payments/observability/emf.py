@@ -9,7 +9,6 @@ dimension names and values and split into several documents where needed.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Any
 
 MAX_METRICS_PER_DOCUMENT = 100
 MAX_VALUES_PER_METRIC = 100
+# One encoder, built once (json.dumps with options builds a new JSONEncoder per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -85,17 +86,16 @@ def _document(
     return doc
 
 
-def write(docs: Iterable[dict[str, Any]]) -> None:
+def write(docs: Iterable[dict[str, Any]], path: str = "") -> None:
     """Print each document on its own line; Lambda ships stdout lines to CloudWatch Logs.
 
-    EMF_OUTPUT_FILE (local stack only) appends them to a file instead, keeping a developer's
-    terminal for the function logs.
+    `path` (EMF_OUTPUT_FILE, local stack only) appends them to a file instead, keeping a
+    developer's terminal for the function logs.
     """
-    lines = [json.dumps(doc, separators=(",", ":"), allow_nan=False) for doc in docs]
+    lines = [_ENCODER.encode(doc) for doc in docs]
     if not lines:
         return
     text = "\n".join(lines) + "\n"
-    path = os.environ.get("EMF_OUTPUT_FILE")
     if path:
         with open(path, "a", encoding="utf-8") as out:
             out.write(text)

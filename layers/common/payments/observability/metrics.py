@@ -13,11 +13,15 @@ PromQL: histograms have no bare series; the mean amount is
     sum by (channel, currency) (rate(payment_gateway_payment_amount_sum[5m]))
       / sum by (channel, currency) (rate(payment_gateway_payment_amount_count[5m]))
 
-Environment: METRICS_NAMESPACE (EMF namespace, default PaymentGateway),
-METRICS_FLUSH_TIMEOUT_MS (default 200), PROMETHEUS_REMOTE_WRITE_URL,
+Settings (`settings.ObservabilitySettings`, read once): METRICS_NAMESPACE (EMF namespace,
+default PaymentGateway), METRICS_FLUSH_TIMEOUT_MS (default 200), PROMETHEUS_REMOTE_WRITE_URL,
 PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS (least time between remote writes, default 5),
 PROMETHEUS_REMOTE_WRITE_SIGV4 (true/false; default: on for aps-workspaces hosts),
-PROMETHEUS_REMOTE_WRITE_REGION (else AWS_REGION).
+PROMETHEUS_REMOTE_WRITE_REGION (else AWS_REGION), PROMETHEUS_INSTANCE_SLOTS (size of the
+`instance` slot pool per function, see `series_pool`; 0 = a random id per environment).
+
+`flush()` is called by the export pipeline (after the response on Lambda), never by
+business code.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -37,8 +40,9 @@ from urllib.parse import urlsplit
 from payments.observability import emf
 
 if TYPE_CHECKING:
-    # requests, cramjam and protobuf load only when remote write is configured (cold start).
+    # requests and cramjam load only when remote write is configured (cold start).
     from payments.observability import remote_write
+    from payments.observability.settings import ObservabilitySettings
 
 PREFIX = "payment_gateway_"
 DEFAULT_NAMESPACE = "PaymentGateway"
@@ -68,17 +72,30 @@ class _State:
     """Mutable module state, guarded by _LOCK."""
 
     def __init__(self) -> None:
-        self.service = os.environ.get("POWERTOOLS_SERVICE_NAME") or "payment-gateway"
-        self.function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or "local"
+        self.service = ""  # "" until configure(): then the settings' defaults
+        self.function = ""
         self.last_timestamp_ms = 0
         self.generation = 0  # bumped on every recording: skip remote write if nothing changed
         self.delivered_generation = 0
         self.inflight: threading.Thread | None = None
         self.writer: remote_write.Writer | None = None
         self.last_write_started = -math.inf  # time.monotonic() of the last remote write
+        # Instance slot epoch (series_pool): on a new epoch series restart from what was
+        # delivered, so a value is never counted in two slots.
+        self.epoch = 0
+        self.delivered: dict[remote_write.Labels, float] = {}
+        self.baseline: dict[remote_write.Labels, float] = {}
+        self.announced: set[remote_write.Labels] = set()
 
 
 _state = _State()
+
+
+def _settings() -> ObservabilitySettings:
+    from payments.observability.container import container
+
+    return container().settings
+
 
 Key = tuple[str, ...]
 LabelValue = str | int
@@ -108,7 +125,6 @@ class _Metric:
         self.help = help
         self.labels = labels
         self.unit = unit
-        self._announced: set[Key] = set()  # series delivered once: no leading 0 sample needed
         _REGISTRY.append(self)
 
     @property
@@ -121,7 +137,7 @@ class _Metric:
         return tuple(str(labels[name]) for name in self.labels)
 
     def _reset(self) -> None:
-        self._announced.clear()
+        return None
 
 
 class Counter(_Metric):
@@ -299,6 +315,19 @@ WEBHOOK_EVENTS_TOTAL = Counter(
 )
 
 
+TELEMETRY_FLUSH_DURATION = Histogram(
+    "telemetry_flush_duration_seconds",
+    "Time spent exporting telemetry per invocation: after the response (extension, Lambda's "
+    "post-runtime duration) or before it (inline, outside Lambda).",
+    ("mode",),
+    "seconds",
+    SECONDS_BUCKETS,
+)
+TELEMETRY_SPANS_DROPPED_TOTAL = Counter(
+    "telemetry_spans_dropped_total", "Finished spans dropped because an export queue was full.", ()
+)
+
+
 def configure(function_name: str, service: str) -> None:
     """Set the `function` and `job`/`service` labels (once per execution environment)."""
     with _LOCK:
@@ -328,27 +357,27 @@ def reset() -> None:
     global remote_write_failures  # noqa: PLW0603 - the contract is a module-level int
     if _state.inflight is not None:
         _state.inflight.join(5.0)
+    from payments.observability.container import container
+
+    container().forget_settings()  # tests change the environment between resets
     with _LOCK:
         for m in _REGISTRY:
             m._reset()
         remote_write_failures = 0
-        _state.writer = None  # fresh Session and credentials
-        _state.generation = _state.delivered_generation = _state.last_timestamp_ms = 0
-        _state.last_write_started = -math.inf
+        fresh = _State()
+        fresh.service, fresh.function = _state.service, _state.function
+        _state.__dict__.update(fresh.__dict__)
 
 
-def _flush_timeout(timeout_seconds: float | None) -> float:
-    if timeout_seconds is not None:
-        return max(0.0, timeout_seconds)
-    try:
-        return max(0.0, float(os.environ["METRICS_FLUSH_TIMEOUT_MS"]) / 1000)
-    except (KeyError, ValueError):
-        return DEFAULT_FLUSH_TIMEOUT_MS / 1000
+def _identity() -> tuple[str, str]:
+    settings = _settings()
+    return _state.service or settings.service, _state.function or settings.function_name
 
 
 def _emf_entries() -> list[emf.Entry]:
     """Values recorded since the last flush, then forgotten (caller holds _LOCK)."""
     entries = []
+    service = _identity()[0]
     for m in _REGISTRY:
         pending: dict[Key, float] | dict[Key, list[float]]
         if isinstance(m, Counter | Gauge):
@@ -358,25 +387,24 @@ def _emf_entries() -> list[emf.Entry]:
         else:  # pragma: no cover - only three kinds exist
             continue
         for key, value in pending.items():
-            dims = (("service", _state.service), *zip(m.labels, key, strict=True))
+            dims = (("service", service), *zip(m.labels, key, strict=True))
             values = value if isinstance(value, list) else [value]
             entries.append(emf.Entry(m.name, unit, dims, values))
         pending.clear()
     return entries
 
 
-def _samples(m: _Metric, key: Key, value: float, ts: int) -> tuple[tuple[float, int], ...]:
-    # A series new to this environment starts at 0 one millisecond earlier, so that
-    # rate()/increase() see its first increment instead of taking it as the baseline.
-    if key in m._announced:
-        return ((value, ts),)
-    return ((0.0, ts - 1), (value, ts))
+@dataclass(frozen=True)
+class _Raw:
+    """One series' cumulative value, before the instance label and the epoch baseline."""
+
+    labels: tuple[tuple[str, str], ...]  # sorted, without `instance`
+    value: float
+    counter: bool  # counters and histogram parts rebase and start at 0; gauges do not
 
 
-def _collect_series(
-    ts: int,
-) -> tuple[list[remote_write.Series], list[remote_write.Metadata], list[tuple[_Metric, Key]]]:
-    """Cumulative state as remote-write series (caller holds _LOCK)."""
+def _raw_series() -> tuple[list[_Raw], list[remote_write.Metadata]]:
+    """Cumulative state as series label sets and values (caller holds _LOCK)."""
     from payments.observability import remote_write
     from payments.observability.remote_write_pb import (
         METRIC_TYPE_COUNTER,
@@ -384,46 +412,90 @@ def _collect_series(
         METRIC_TYPE_HISTOGRAM,
     )
 
-    series: list[remote_write.Series] = []
+    service, function = _identity()
+    common = {"job": service, "function": function}
+    raw: list[_Raw] = []
     metadata: list[remote_write.Metadata] = []
-    keys: list[tuple[_Metric, Key]] = []
-    common = {"job": _state.service, "function": _state.function, "instance": INSTANCE_ID}
+
+    def add(own: dict[str, str], extra: dict[str, str], value: float, counter: bool) -> None:
+        # The metric's own labels win over the common ones (cold starts carry `function`).
+        raw.append(_Raw(remote_write.label_set(common, own, extra), value, counter))
+
     for m in _REGISTRY:
-        if isinstance(m, Counter):
-            state: dict[Key, float] | dict[Key, list[int]] = m._totals
-            mtype = METRIC_TYPE_COUNTER
-        elif isinstance(m, Gauge):
-            state, mtype = m._values, METRIC_TYPE_GAUGE
-        elif isinstance(m, Histogram):
-            state, mtype = m._counts, METRIC_TYPE_HISTOGRAM
-        else:  # pragma: no cover - only three kinds exist
+        if isinstance(m, Counter) and m._totals:
+            metadata.append(
+                remote_write.Metadata(m.prometheus_name, METRIC_TYPE_COUNTER, m.help, m.unit)
+            )
+            for key, total in m._totals.items():
+                add(
+                    dict(zip(m.labels, key, strict=True)),
+                    {"__name__": m.prometheus_name},
+                    total,
+                    True,
+                )
+        elif isinstance(m, Gauge) and m._values:
+            metadata.append(
+                remote_write.Metadata(m.prometheus_name, METRIC_TYPE_GAUGE, m.help, m.unit)
+            )
+            for key, current in m._values.items():
+                add(
+                    dict(zip(m.labels, key, strict=True)),
+                    {"__name__": m.prometheus_name},
+                    current,
+                    False,
+                )
+        elif isinstance(m, Histogram) and m._counts:
+            metadata.append(
+                remote_write.Metadata(m.prometheus_name, METRIC_TYPE_HISTOGRAM, m.help, m.unit)
+            )
+            for key in m._counts:
+                own, snap, name = (
+                    dict(zip(m.labels, key, strict=True)),
+                    m._snapshot(key),
+                    m.prometheus_name,
+                )
+                for bound, cumulative in snap.buckets:
+                    le = {"__name__": name + "_bucket", "le": remote_write.format_le(bound)}
+                    add(own, le, float(cumulative), True)
+                add(own, {"__name__": name + "_sum"}, snap.sum, True)
+                add(own, {"__name__": name + "_count"}, float(snap.count), True)
+    return raw, metadata
+
+
+def _collect_series(
+    ts: int, instance: str | None = None
+) -> tuple[list[remote_write.Series], list[remote_write.Metadata], list[_Raw]]:
+    """Remote-write series for the current epoch (caller holds _LOCK)."""
+    raw, metadata = _raw_series()
+    return _finish(raw, instance or INSTANCE_ID, ts), metadata, raw
+
+
+def _finish(raw: list[_Raw], instance: str, ts: int) -> list[remote_write.Series]:
+    from payments.observability import remote_write
+
+    series = []
+    for r in raw:
+        labels = remote_write.with_label(r.labels, "instance", instance)
+        if not r.counter:  # a gauge needs no leading 0: its value is the sample
+            series.append(remote_write.Series(labels, ((r.value, ts),)))
             continue
-        if not state:
-            continue
-        metadata.append(remote_write.Metadata(m.prometheus_name, mtype, m.help, m.unit))
-        for key in state:
-            keys.append((m, key))
-            # The metric's own labels win over the common ones (cold starts carry `function`).
-            own = dict(zip(m.labels, key, strict=True))
-            if isinstance(m, Counter):
-                labels = remote_write.label_set(common, own, {"__name__": m.prometheus_name})
-                series.append(remote_write.Series(labels, _samples(m, key, m._totals[key], ts)))
-                continue
-            if isinstance(m, Gauge):  # a gauge needs no leading 0: its value is the sample
-                labels = remote_write.label_set(common, own, {"__name__": m.prometheus_name})
-                series.append(remote_write.Series(labels, ((m._values[key], ts),)))
-                continue
-            assert isinstance(m, Histogram)
-            snap = m._snapshot(key)
-            name = m.prometheus_name
-            for bound, cumulative in snap.buckets:
-                le = {"__name__": name + "_bucket", "le": remote_write.format_le(bound)}
-                labels = remote_write.label_set(common, own, le)
-                series.append(remote_write.Series(labels, _samples(m, key, cumulative, ts)))
-            for suffix, value in (("_sum", snap.sum), ("_count", float(snap.count))):
-                labels = remote_write.label_set(common, own, {"__name__": name + suffix})
-                series.append(remote_write.Series(labels, _samples(m, key, value, ts)))
-    return series, metadata, keys
+        value = r.value - _state.baseline.get(r.labels, 0.0)
+        # A series new to this slot starts at 0 one millisecond earlier, so that
+        # rate()/increase() see its first increment instead of taking it as the baseline.
+        samples = ((value, ts),) if r.labels in _state.announced else ((0.0, ts - 1), (value, ts))
+        series.append(remote_write.Series(labels, samples))
+    return series
+
+
+def _delivered(raw: list[_Raw], epoch: int, generation: int) -> None:
+    with _LOCK:
+        if epoch != _state.epoch:
+            return  # the slot changed meanwhile: the next write rebases anyway
+        for r in raw:
+            if r.counter:
+                _state.announced.add(r.labels)
+                _state.delivered[r.labels] = r.value
+        _state.delivered_generation = max(_state.delivered_generation, generation)
 
 
 def _fail(url: str, detail: str, attempts: int) -> None:
@@ -437,6 +509,68 @@ def _fail(url: str, detail: str, attempts: int) -> None:
     )
 
 
+def _instance() -> tuple[str, int] | None:
+    """This environment's `instance` label and slot epoch (None: the slot pool is full)."""
+    settings = _settings()
+    if settings.instance_slots <= 0:
+        return INSTANCE_ID, 0
+    from payments.observability.container import container
+
+    obs = container()
+    if obs.instance_slot is None:
+        from payments.observability.series_pool import DynamoDbSlotLeases, InstanceSlot
+
+        obs.instance_slot = InstanceSlot(
+            DynamoDbSlotLeases(settings.instance_lease_table),
+            _identity()[1],
+            settings.instance_slots,
+            settings.instance_lease_s,
+        )
+    return obs.instance_slot.current()
+
+
+def _start_write(
+    url: str, deadline: float, outcome: list[remote_write.Outcome]
+) -> threading.Thread:
+    """The writer thread: slot lease (may call DynamoDB), series, encode, POST."""
+    from payments.observability import remote_write
+
+    with _LOCK:
+        generation = _state.generation
+        # Strictly increasing, 2 ms apart: a leading 0 sample (ts - 1) never collides
+        # with a sample this environment already sent.
+        ts = max(int(time.time() * 1000), _state.last_timestamp_ms + 2)
+        _state.last_timestamp_ms = ts
+        raw, metadata = _raw_series()
+        if _state.writer is None:
+            _state.writer = remote_write.Writer()
+        writer = _state.writer
+
+    def run() -> None:
+        try:
+            slot = _instance()
+            if slot is None:
+                result = remote_write.Outcome(False, 0, "instance slot pool exhausted")
+            else:
+                label, epoch = slot
+                with _LOCK:
+                    if epoch != _state.epoch:  # a new slot: count from what was delivered
+                        _state.epoch, _state.baseline = epoch, dict(_state.delivered)
+                        _state.announced = set()
+                    series = _finish(raw, label, ts)
+                body = remote_write.encode(series, metadata)
+                result = writer.send(url, body, deadline, _settings())
+                if result.ok:
+                    _delivered(raw, epoch, generation)
+        except Exception as exc:  # never let a thread die with a traceback on stderr
+            result = remote_write.Outcome(False, 0, type(exc).__name__)
+        outcome.append(result)
+
+    thread = threading.Thread(target=run, name="metrics-remote-write", daemon=True)
+    thread.start()
+    return thread
+
+
 def _remote_write(url: str, deadline: float) -> None:
     """Send the cumulative state in a worker thread; wait for it at most until `deadline`.
 
@@ -444,7 +578,6 @@ def _remote_write(url: str, deadline: float) -> None:
     timeouts alone cannot. At most one write is in flight: a later flush skips while one
     is still running, and the next successful write carries the cumulative state anyway.
     """
-    from payments.observability import remote_write
 
     outcome: list[remote_write.Outcome] = []
     with _LOCK:
@@ -452,34 +585,9 @@ def _remote_write(url: str, deadline: float) -> None:
             busy = True
         else:
             busy = False
-            generation = _state.generation
-            if generation == _state.delivered_generation:
+            if _state.generation == _state.delivered_generation:
                 return  # nothing new since the last delivered write
-            # Strictly increasing, 2 ms apart: a leading 0 sample (ts - 1) never collides
-            # with a sample this environment already sent.
-            ts = max(int(time.time() * 1000), _state.last_timestamp_ms + 2)
-            _state.last_timestamp_ms = ts
-            series, metadata, keys = _collect_series(ts)
-            if _state.writer is None:
-                _state.writer = remote_write.Writer()
-            writer = _state.writer
-
-            def run() -> None:
-                try:
-                    result = writer.send(url, remote_write.encode(series, metadata), deadline)
-                except Exception as exc:  # never let a thread die with a traceback on stderr
-                    result = remote_write.Outcome(False, 0, type(exc).__name__)
-                if result.ok:
-                    with _LOCK:
-                        for m, key in keys:
-                            m._announced.add(key)
-                        _state.delivered_generation = max(_state.delivered_generation, generation)
-                outcome.append(result)
-
-            thread = _state.inflight = threading.Thread(
-                target=run, name="metrics-remote-write", daemon=True
-            )
-            thread.start()
+            thread = _state.inflight = _start_write(url, deadline, outcome)
     if busy:
         _fail(url, "previous write still in flight", 0)
         return
@@ -490,19 +598,14 @@ def _remote_write(url: str, deadline: float) -> None:
         _fail(url, outcome[0].detail, outcome[0].attempts)
 
 
-def _remote_write_due() -> bool:
+def _remote_write_due(interval: float) -> bool:
     """At most one remote write per PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS (default 5).
 
     State is cumulative, so a skipped flush loses nothing: the next write carries it. Writing
-    on every invocation would put an HTTP round trip on every response for data Prometheus
-    evaluates every 15-60 s. The cost: the last interval of an execution environment that is
-    never invoked again is not delivered.
+    after every invocation would cost an HTTP round trip each time for data Prometheus
+    evaluates every 15-60 s. The last interval before a shutdown leaves with the SIGTERM
+    flush on Lambda (EMF, written on every flush, has it in any case).
     """
-    raw = os.environ.get("PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS", "").strip()
-    try:
-        interval = float(raw) if raw else DEFAULT_REMOTE_WRITE_INTERVAL_S
-    except ValueError:
-        interval = DEFAULT_REMOTE_WRITE_INTERVAL_S
     now = time.monotonic()
     with _LOCK:
         if now - _state.last_write_started < interval:
@@ -516,16 +619,25 @@ def flush(timeout_seconds: float | None = None) -> None:
 
     Never raises and returns within the timeout (METRICS_FLUSH_TIMEOUT_MS, default 200 ms).
     """
-    deadline = time.monotonic() + _flush_timeout(timeout_seconds)
     try:
-        namespace = os.environ.get("METRICS_NAMESPACE") or DEFAULT_NAMESPACE
+        settings = _settings()
+    except Exception:
+        _log.warning("metrics settings invalid: nothing exported", exc_info=True)
+        return
+    if timeout_seconds is None:
+        timeout_seconds = settings.metrics_flush_timeout_ms / 1000
+    deadline = time.monotonic() + max(0.0, timeout_seconds)
+    try:
         with _LOCK:
             entries = _emf_entries()
-        emf.write(emf.build(namespace, entries, int(time.time() * 1000)))
+        emf.write(
+            emf.build(settings.namespace, entries, int(time.time() * 1000)),
+            settings.emf_output_file,
+        )
     except Exception:
         _log.warning("metrics EMF flush failed", exc_info=True)
-    url = os.environ.get("PROMETHEUS_REMOTE_WRITE_URL", "").strip()
-    if not url or not _remote_write_due():
+    url = settings.remote_write_url
+    if not url or not _remote_write_due(settings.remote_write_interval_s):
         return
     try:
         _remote_write(url, deadline)

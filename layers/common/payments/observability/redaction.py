@@ -10,8 +10,12 @@ Two rules, applied recursively to dicts, lists and strings:
   (``pm_``, ``tok_``, ``card_``), bearer tokens, card numbers (13-19 digits), 64-hex HMAC
   signatures are replaced by ``[REDACTED]``; e-mail addresses are masked (``j***@example.com``).
 
-`redact_attributes` is what the observability layer applies to every span attribute it sets;
-the logging formatter applies `redact` to every log record (message and extra keys).
+`redact_attributes` is what the observability layer applies to the attributes of *recording*
+spans (an unsampled span never gets attributes, so nothing is redacted for it); it skips the
+values that cannot carry a secret: booleans, floats, integers below 13 digits and the
+attributes the layer derives itself (`TRUSTED_ATTRIBUTES`: route template, method, status,
+Lambda request id, step name). The logging
+formatter applies `redact` to every log record (message and extra keys).
 """
 
 from __future__ import annotations
@@ -128,6 +132,31 @@ def redact(value: Any, key: str | None = None) -> Any:
     return redact_text(str(value))
 
 
+# Attributes whose values the layer derives itself, never from a caller's payload: the route
+# template, the upper-cased method, the status code, Lambda's request id, the cold-start flag,
+# the state-machine step name. Everything else from an event is redacted (defence in depth).
+TRUSTED_ATTRIBUTES = frozenset(
+    {
+        "http.request.method",
+        "http.route",
+        "http.response.status_code",
+        "faas.coldstart",
+        "faas.invocation_id",
+        "step",
+    }
+)
+
+
+def _cannot_hold_secret(value: Any) -> bool:
+    # A card number needs 13 digits: smaller integers, floats and booleans are safe as is.
+    return isinstance(value, bool | float) or (isinstance(value, int) and abs(value) < 10**12)
+
+
 def redact_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
     """Span attributes safe to export: sensitive keys and secret-looking values redacted."""
-    return {key: redact(value, key) for key, value in attributes.items()}
+    return {
+        key: value
+        if key in TRUSTED_ATTRIBUTES or _cannot_hold_secret(value)
+        else redact(value, key)
+        for key, value in attributes.items()
+    }

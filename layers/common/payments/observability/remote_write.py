@@ -1,37 +1,39 @@
 """Prometheus remote write 1.0 client: protobuf `WriteRequest`, snappy block, bounded retries.
 
-Series churn trade-off: a Lambda execution environment keeps its counters in memory, so
-every series carries `instance` (a random id per execution environment) and `function`.
-Without them two concurrent environments would write different cumulative values into
-one series and Prometheus would see resets on every interleaving. The cost is many short
-series (one set per environment, a few minutes to hours long). Always aggregate the
-per-environment label away in queries, e.g.
+A Lambda execution environment keeps its counters in memory, so every series carries
+`instance` and `function`: two concurrent environments must never write different
+cumulative values into one series. `instance` is a leased slot (`series_pool`, series scale
+with peak concurrency) or, without a pool, a random id per environment (series grow with
+environments ever started). Aggregate the label away in queries, e.g.
 
     sum without (instance, function) (rate(payment_gateway_payment_total[5m]))
     sum by (status) (rate(payment_gateway_http_requests_total[5m]))
     histogram_quantile(0.95,
         sum by (le) (rate(payment_gateway_payment_duration_seconds_bucket[5m])))
 
-and, if cardinality matters, drop `instance` with recording rules / retention on the raw data.
+The WriteRequest is encoded by hand (the protobuf wire format of prompb is four tiny
+messages): each series' label block is encoded once and cached, so a flush only encodes its
+samples. `remote_write_pb` keeps the message classes for decoding in tests.
 """
 
 from __future__ import annotations
 
 import decimal
 import math
-import os
 import random
 import re
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import cramjam
 import requests
 
-from payments.observability.remote_write_pb import messages
+if TYPE_CHECKING:
+    from payments.observability.settings import ObservabilitySettings
 
 USER_AGENT = "payment-gateway-metrics/1.0"
 HEADERS = {
@@ -95,31 +97,78 @@ def label_set(*parts: Mapping[str, str]) -> Labels:
     return tuple(sorted((k, v) for k, v in merged.items() if v != ""))
 
 
+def with_label(labels: Labels, name: str, value: str) -> Labels:
+    """`labels` (sorted) with one more label, still sorted and unique."""
+    return tuple(sorted((*((k, v) for k, v in labels if k != name), (name, value))))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _text(number: int, text: str) -> bytes:
+    return _field(number, text.encode("utf-8"))
+
+
+_LABEL_CACHE: dict[Labels, bytes] = {}
+_LABEL_CACHE_MAX = 20_000  # a bound, not a tuning knob: series are a few hundred
+
+
+def _labels_block(labels: Labels) -> bytes:
+    """TimeSeries.labels (field 1, repeated Label{name=1, value=2}), encoded once per series."""
+    block = _LABEL_CACHE.get(labels)
+    if block is None:
+        block = b"".join(_field(1, _text(1, k) + _text(2, v)) for k, v in labels)
+        if len(_LABEL_CACHE) >= _LABEL_CACHE_MAX:
+            _LABEL_CACHE.clear()
+        _LABEL_CACHE[labels] = block
+    return block
+
+
+_DOUBLE = struct.Struct("<d")
+
+
+def _sample(value: float, timestamp: int) -> bytes:
+    """Sample{value=1 (double), timestamp=2 (int64)} as TimeSeries.samples (field 2)."""
+    body = b"\x09" + _DOUBLE.pack(value) + b"\x10" + _varint(timestamp & 0xFFFFFFFFFFFFFFFF)
+    return _field(2, body)
+
+
 def encode(series: Sequence[Series], metadata: Sequence[Metadata] = ()) -> bytes:
     """Serialize a WriteRequest and compress it with snappy *block* format (not framed)."""
-    m = messages()
-    req = m.write_request()
+    parts = []
     for s in series:
-        ts = req.timeseries.add()
-        for name, label_value in s.labels:
-            ts.labels.add(name=name, value=label_value)
-        for sample_value, timestamp in s.samples:
-            ts.samples.add(value=sample_value, timestamp=timestamp)
+        body = _labels_block(s.labels) + b"".join(_sample(v, t) for v, t in s.samples)
+        parts.append(_field(1, body))
     for md in metadata:
-        req.metadata.add(type=md.type, metric_family_name=md.family, help=md.help, unit=md.unit)
-    return bytes(cramjam.snappy.compress_raw(req.SerializeToString()))
+        # MetricMetadata{type=1 (enum), metric_family_name=2, help=4, unit=5} as field 3.
+        body = b"\x08" + _varint(md.type) + _text(2, md.family) + _text(4, md.help)
+        parts.append(_field(3, body + (_text(5, md.unit) if md.unit else b"")))
+    return bytes(cramjam.snappy.compress_raw(b"".join(parts)))
 
 
-def _sigv4_region(url: str) -> str | None:
+def _sigv4_region(url: str, settings: ObservabilitySettings) -> str | None:
     """Region to sign for, or None when SigV4 is off (explicit flag, else AMP host match)."""
-    flag = os.environ.get("PROMETHEUS_REMOTE_WRITE_SIGV4", "").strip().lower()
     host_match = _AMP_HOST.match(urlsplit(url).hostname or "")
-    if flag in ("false", "0", "no") or (flag not in ("true", "1", "yes") and not host_match):
+    flag = settings.remote_write_sigv4
+    if flag is False or (flag is None and not host_match):
         return None
     return (
-        os.environ.get("PROMETHEUS_REMOTE_WRITE_REGION")
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
+        settings.remote_write_region
+        or settings.region
         or (host_match.group(1) if host_match else "us-east-1")
     )
 
@@ -146,10 +195,12 @@ class Writer:
         SigV4Auth(credentials.get_frozen_credentials(), "aps", region).add_auth(aws_req)
         return dict(aws_req.headers.items())
 
-    def send(self, url: str, body: bytes, deadline: float) -> Outcome:
+    def send(
+        self, url: str, body: bytes, deadline: float, settings: ObservabilitySettings
+    ) -> Outcome:
         """POST with retries on 5xx/429 until `deadline` (time.monotonic); fail fast when the
         receiver cannot be reached."""
-        region = _sigv4_region(url)
+        region = _sigv4_region(url, settings)
         attempts, detail = 0, "deadline"
         while True:
             remaining = deadline - time.monotonic()
