@@ -65,13 +65,15 @@ class Recording(SpanExporter):
 def lambda_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLambdaApi]:
     for name in ENV:
         monkeypatch.delenv(name, raising=False)
+    saved = dict(os.environ)  # `environment()` and tests set variables of their own
     api = FakeLambdaApi()
     monkeypatch.setenv("AWS_LAMBDA_RUNTIME_API", api.address)
     observability.reset()
     yield api
     observability.reset()
     api.stop()
-    monkeypatch.delenv("AWS_LAMBDA_RUNTIME_API")
+    os.environ.clear()
+    os.environ.update(saved)
     observability.reset()
 
 
