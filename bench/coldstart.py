@@ -65,7 +65,7 @@ EVENTS = {
     "order": "_event = {'step': 'CreateOrder', 'trace_context': {}, 'payment': _P, "
     "'action': 'create'}\n",
     "channel": "_event = {'step': 'ChannelPayment', 'trace_context': {}, 'payment': _P, "
-    "'order': {}}\n",
+    "'order': {'order_no': 'ord_0123456789abcdef01234567', 'status': 'created'}}\n",
 }
 PAYMENT = (
     "_P = {'payment_no': 'pay_0123456789abcdef01234567', 'merchant_id': 'merch_demo', "

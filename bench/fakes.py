@@ -329,10 +329,12 @@ def install_loaded(*modules: ModuleType) -> Fakes:
         for name, factory in factories.items():
             if name in vars(module) and module.__name__ != "payments.store":
                 setattr(module, name, factory)
-    channel = sys.modules.get("payments.channel")
-    if channel is not None:
-        with channel._lock:
-            channel._clients["stripe"] = FakeChannel()
+    services = sys.modules.get("payments.services")
+    if services is not None:
+        services.use_channel("stripe", FakeChannel())
+    gateway = sys.modules.get("payments.api.gateway")
+    if gateway is not None:
+        setattr(gateway, "breaker", lambda _name: FakeBreaker())  # noqa: B010
     return fakes
 
 

@@ -235,7 +235,8 @@ def test_common_layer(resources: dict[str, Any]) -> None:
     assert layer["Properties"]["ContentUri"] == "layers/common/"
     assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
     assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
-    assert layer["Metadata"]["BuildMethod"] == "python3.12"
+    # Built by sam/Makefile: pinned wheels plus unchecked-hash .pyc (test_sam_build checks).
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
     assert (ROOT / "layers/common/requirements.txt").is_file()
     assert (ROOT / "layers/common/payments").is_dir()
 
