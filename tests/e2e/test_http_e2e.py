@@ -112,7 +112,7 @@ def test_idempotent_replay_and_key_reuse(stack: Stack) -> None:
 
 
 def test_channel_unavailable_is_503(stack: Stack) -> None:
-    stack.fault("error")
+    stack.fault("rate_limit")  # 429 on every attempt: the request provably never ran
     try:
         response = stack.request("POST", "/api/v1/payments", _body())
     finally:
@@ -120,6 +120,16 @@ def test_channel_unavailable_is_503(stack: Stack) -> None:
     _check_trace(response)
     assert response.status_code == 503 and response.json()["error"]["code"] == "channel_unavailable"
     assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_provider_500_is_202_processing_never_a_failure(stack: Stack) -> None:
+    stack.fault("error")
+    try:
+        response = stack.request("POST", "/api/v1/payments", _body())
+    finally:
+        stack.fault("none")
+    _check_trace(response)
+    assert response.status_code == 202 and response.json()["status"] == "processing"
 
 
 def test_bad_requests(stack: Stack) -> None:

@@ -350,7 +350,10 @@ def test_traceparent_is_injected_into_the_stripe_call(
     real_send = requests.Session.send
 
     def spy(session: requests.Session, request: requests.PreparedRequest, **kw: Any) -> Any:
-        if str(request.url).startswith(f"{traced.stack.sim_url}/v1/"):
+        # Charges only: a webhook hint may also read the intent back (GET).
+        if request.method == "POST" and str(request.url).startswith(
+            f"{traced.stack.sim_url}/v1/"
+        ):
             sent.append(request)
         return real_send(session, request, **kw)
 
@@ -403,7 +406,7 @@ def test_declined_payment_error_status(traced: Traced) -> None:
 
 
 def test_channel_failure_marks_the_spans_error(traced: Traced) -> None:
-    traced.fault("error")
+    traced.fault("rate_limit")  # 429 on every attempt: unavailable, provably not charged
     try:
         reply = traced.pay()
     finally:
@@ -415,11 +418,10 @@ def test_channel_failure_marks_the_spans_error(traced: Traced) -> None:
     assert gateway["attributes"]["http.response.status_code"] == 503
     channel_step = _child(spans, gateway, "ChannelPayment")
     adapter = _child(spans, channel_step, "channel-adapter")
-    for span in (channel_step, adapter):
-        assert span["status"]["code"] == "ERROR", span["name"]
-        exception = [e for e in span["events"] if e["name"] == "exception"]
-        assert exception
-        assert str(exception[0]["attributes"]["exception.type"]).endswith("ChannelUnavailable")
+    # An unavailable provider is a result of the task, not a crash: the step says why.
+    assert channel_step["status"]["code"] == "ERROR"
+    assert "unavailable" in channel_step["status"].get("description", "")
+    assert channel_step["attributes"]["channel.outcome"] == "unavailable"
     attempts = [s for s in spans if s["name"] == STRIPE_CHARGE]
     assert attempts and all(s["status"]["code"] == "ERROR" for s in attempts)
     assert all(s["parent_span_id"] == adapter["span_id"] for s in attempts)
