@@ -357,3 +357,29 @@ def test_velocity_counts_each_payment_once_however_often_risk_runs(platform: Pla
     for _ in range(15):  # a step retried 15 times is still one payment
         result = platform.invoke("RiskCheckFunction", task)
     assert result["decision"] == "approve" and "velocity" not in result["reasons"]
+
+
+def test_reconciliation_spans_link_to_the_payments_original_trace(platform: Platform) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from payments import observability
+    from payments.observability import tracing
+
+    body = payment_body()
+    platform.add_fault("error_after", count=1, match=body["merchant_order_no"])
+    status, answer, headers = platform.pay(**body)
+    assert status == 202
+    original = headers["X-Trace-ID"]
+    exporter = InMemorySpanExporter()
+    tracing.reset_for_tests()
+    tracing.setup("reconciler", exporters=[exporter])
+    try:
+        time.sleep(0.3)
+        assert reconciler().reconcile_payment(answer["payment_no"]) is Outcome.SUCCEEDED
+        observability.container().flush(2.0, final=True)
+        [span] = [s for s in exporter.get_finished_spans() if s.name == "reconcile payment"]
+        assert span.context is not None and f"{span.context.trace_id:032x}" != original
+        assert [f"{link.context.trace_id:032x}" for link in span.links] == [original]
+        assert dict(span.attributes or {})["payment_no"] == answer["payment_no"]
+    finally:
+        tracing.reset_for_tests()
