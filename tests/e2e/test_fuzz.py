@@ -1,0 +1,345 @@
+"""Fuzz the running local stack from its own contract (SPEC §2, issue 11).
+
+The stack runs as a user runs it (`python -m local.stack`, one process per execution
+environment); schemathesis loads the document the stack serves (`GET /openapi.json`, i.e.
+`openapi.yaml`) and generates valid and invalid requests for every operation. Every
+request is signed on the prepared request (`Signer`), so the signature covers the exact
+bytes sent. Checks on every response:
+
+- no 5xx but the documented 503 (`channel_unavailable` with `Retry-After`, `/health`);
+- status code, content type, headers and body conform to the document, and an error's
+  `code` is one the document lists for that status (`x-error-codes`);
+- `X-Trace-ID` (32 lowercase hex) on every response, equal to the body's `trace_id`;
+- invalid data is refused (4xx) and valid data is not refused with a 400;
+- auth is enforced: a sample of signed operations is re-sent unsigned, wrongly signed and
+  stale, and must get 401 `unauthorized` each time.
+
+Bounded for `make test` (FUZZ_MAX_EXAMPLES per operation and phase, FUZZ_SECONDS overall);
+`make fuzz` runs a longer campaign. Each run prints cases per operation and status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+import schemathesis
+import yaml
+from hypothesis import HealthCheck, settings
+from schemathesis import Case
+from schemathesis.checks import CheckContext
+from schemathesis.core.transport import Response
+
+from local.openapi import load_document
+from payments.auth import signed_headers
+from tests.e2e.conftest import ROOT, Stack
+
+pytestmark = pytest.mark.e2e
+
+# Operations in openapi.yaml that main does not serve yet (the lead's routes in progress).
+# They are documented, so they are not fuzzed until they exist: delete an entry to switch
+# its fuzzing on. tests/unit/test_openapi.py fails once template.yaml has a route listed
+# here, so the list cannot go stale. (The 202 `processing` payment needs no entry: the
+# document's 202 already allows it, and the fuzzer cannot make the provider's answer
+# unknown.)
+NOT_YET_ON_MAIN: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("GET", "/api/v1/payments"),  # list payments: merchant_order_no, status, limit...
+        ("POST", "/webhooks/stripe"),  # provider events, Stripe-Signature
+    }
+)
+
+MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "40"))
+BUDGET_SECONDS = float(os.environ.get("FUZZ_SECONDS", "90"))
+AUTH_PROBE_EVERY = int(os.environ.get("FUZZ_AUTH_PROBE_EVERY", "10"))
+REPORT = Path(os.environ.get("FUZZ_REPORT", ".local/fuzz-report.json"))
+
+KEY, SECRET = "mk_demo", "sk_demo_secret"
+TRACE_HEX = set("0123456789abcdef")
+
+
+AUTH_HEADERS = ("X-API-Key", "X-Timestamp", "X-Signature")
+
+
+class Signer(requests.auth.AuthBase):
+    """Sign the prepared request: its final body bytes, method and path as sent.
+
+    Every auth header the case carries gets its valid value; one the case left out (the
+    generated "missing required header" cases) stays out, so that request must get a 401.
+    """
+
+    def __init__(self, secret: str = SECRET, *, timestamp: int | None = None) -> None:
+        self.secret, self.timestamp = secret, timestamp
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        body = request.body or b""
+        raw = body.encode() if isinstance(body, str) else bytes(body)  # type: ignore[arg-type]
+        path = urlsplit(request.url or "").path
+        method = request.method or "GET"
+        signed = signed_headers(KEY, self.secret, method, path, raw, timestamp=self.timestamp)
+        for name, value in signed.items():
+            if name in request.headers:  # case-insensitive
+                request.headers[name] = value
+        return request
+
+
+class Unsigned(requests.auth.AuthBase):
+    """Strip whatever authentication headers the generated case carried."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        for name in AUTH_HEADERS:
+            request.headers.pop(name, None)
+        return request
+
+
+AUTH_PROBES: dict[str, requests.auth.AuthBase] = {
+    "unsigned": Unsigned(),
+    "wrong secret": Signer("not-the-secret"),
+    "stale timestamp": Signer(timestamp=int(time.time()) - 3600),
+}
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.cases: Counter[str] = Counter()
+        self.statuses: Counter[tuple[str, int]] = Counter()
+        self.auth_probes = 0
+        self.over_budget = 0
+        self.first_case: dict[str, float] = {}
+
+    def over(self, case: Case) -> bool:
+        """Past this operation's share of the budget (each operation gets an equal share)."""
+        label = case.operation.label
+        began = self.first_case.setdefault(label, time.monotonic())
+        if time.monotonic() - began <= BUDGET_SECONDS / OPERATIONS:
+            return False
+        self.over_budget += 1
+        return True
+
+    def record(self, case: Case, response: Response) -> None:
+        self.cases[case.operation.label] += 1
+        self.statuses[(case.operation.label, response.status_code)] += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "cases": sum(self.cases.values()),
+            "auth_probes": self.auth_probes,
+            "seconds": round(time.monotonic() - self.started, 1),
+            "skipped_over_budget": self.over_budget,
+            "excluded_not_yet_on_main": sorted(f"{m} {p}" for m, p in NOT_YET_ON_MAIN),
+            "per_operation": {
+                op: {
+                    "cases": n,
+                    "statuses": {
+                        str(s): c for (o, s), c in sorted(self.statuses.items()) if o == op
+                    },
+                }
+                for op, n in sorted(self.cases.items())
+            },
+        }
+
+
+STATS = Stats()
+REAL_PAYMENTS = 3
+PAID: list[dict[str, Any]] = []  # created by `served`: succeeded, refundable
+
+
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "generation": {"max-examples": MAX_EXAMPLES, "mode": "all"},
+        "checks": {
+            # Auth is probed by `_auth_is_enforced` with real signatures; the built-in
+            # probe would send its unsigned copy through the signer and sign it again.
+            "ignored_auth": {"enabled": False},
+            # Valid data may still be refused by the business rules, never with a 400.
+            "positive_data_acceptance": {
+                "expected-statuses": ["2xx", "401", "402", "404", "409", "422", "503"]
+            },
+        },
+        "request-timeout": 30,
+    }
+)
+
+
+def _document_served_on_main() -> dict[str, Any]:
+    """openapi.yaml without NOT_YET_ON_MAIN (so `Allow` is checked against what is served).
+
+    The stack serves this same file (tests/unit/test_openapi.py, and `served` below, check
+    it); it is read here because schemathesis parametrizes at collection time.
+    """
+    document: dict[str, Any] = yaml.safe_load((ROOT / "openapi.yaml").read_text("utf-8"))
+    for method, path in NOT_YET_ON_MAIN:
+        item = document["paths"].get(path, {})
+        item.pop(method.lower(), None)
+        if not any(key in item for key in ("get", "post", "put", "patch", "delete")):
+            document["paths"].pop(path, None)
+    return document
+
+
+SCHEMA = schemathesis.openapi.from_dict(_document_served_on_main(), config=CONFIG)
+OPERATIONS = sum(1 for _ in SCHEMA.get_all_operations())
+
+
+@pytest.fixture(scope="module")
+def served(stack: Stack, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The stack, checked to serve this document, with a few real payments to aim at; the
+    campaign's report at the end."""
+    document = requests.get(f"{stack.api}/openapi.json", timeout=10).json()
+    assert document["paths"] == load_document()["paths"]
+    for n in range(REAL_PAYMENTS):
+        body = {"merchant_order_no": f"fuzz-{time.time_ns()}-{n}", "amount": 400_000,
+                "currency": "USD", "payment_method": "pm_card_visa"}  # fmt: skip
+        response = stack.request("POST", "/api/v1/payments", body)
+        assert response.status_code == 201, response.text
+        PAID.append(response.json())
+    yield stack
+    _report(request)
+
+
+def _aim_at_real_payments(case: Case) -> None:
+    """Every other case of an operation on one payment/order targets a real one, so the
+    fuzzer reaches refunds and reads of stored data, not only their 404s."""
+    params = case.path_parameters or {}
+    if not PAID or STATS.cases[case.operation.label] % 2:
+        return
+    payment = PAID[STATS.cases[case.operation.label] // 2 % len(PAID)]
+    if "payment_no" in params:
+        params["payment_no"] = payment["payment_no"]
+    if "order_no" in params:
+        params["order_no"] = payment["order_no"]
+
+
+def _report(request: pytest.FixtureRequest) -> None:
+    summary = STATS.summary()
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
+        reporter.write_line(
+            f"fuzz: {summary['cases']} cases + {summary['auth_probes']} auth probes "
+            f"in {summary['seconds']} s ({REPORT})"
+        )
+        for op, data in summary["per_operation"].items():
+            reporter.write_line(f"  {op:48} {data['cases']:5}  {data['statuses']}")
+
+
+def _trace_id(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+    """X-Trace-ID on every response, 32 lowercase hex, equal to the body's trace_id."""
+    trace = response.headers.get("x-trace-id", [""])[0]
+    assert len(trace) == 32 and set(trace) <= TRACE_HEX, f"X-Trace-ID {trace!r}"
+    body = _json(response)
+    if isinstance(body, dict):
+        assert body.get("trace_id") == trace, "trace_id in the body differs from X-Trace-ID"
+    return None
+
+
+def _only_documented_5xx(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+    """The one 5xx the contract allows: 503, documented for this operation, with a reason."""
+    if response.status_code < 500:
+        return None
+    assert response.status_code == 503, f"server error {response.status_code}"
+    assert "503" in case.operation.definition.raw.get("responses", {}), "undocumented 503"
+    body = _json(response)
+    if case.operation.path != "/health":
+        assert body["error"]["code"] == "channel_unavailable", body
+        assert int(response.headers["retry-after"][0]) >= 1
+    return None
+
+
+def _documented_error_code(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+    """An error body's code is one the document lists for that status (`x-error-codes`)."""
+    body = _json(response)
+    if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
+        return None
+    media = _response_media(case, response.status_code)
+    allowed = media.get("x-error-codes") if media else None
+    if allowed is not None:
+        assert body["error"].get("code") in allowed, (body["error"].get("code"), allowed)
+    return None
+
+
+def _response_media(case: Case, status: int) -> dict[str, Any] | None:
+    responses = case.operation.definition.raw.get("responses", {})
+    definition = responses.get(str(status))
+    if definition is None:
+        return None
+    if "$ref" in definition:
+        name = definition["$ref"].rsplit("/", 1)[-1]
+        definition = case.operation.schema.raw_schema["components"]["responses"][name]
+    media: dict[str, Any] | None = definition.get("content", {}).get("application/json")
+    return media
+
+
+def _json(response: Response) -> Any:
+    try:
+        return json.loads(response.content or b"null")
+    except ValueError:
+        return None
+
+
+CHECKS = [_trace_id, _only_documented_5xx, _documented_error_code]
+
+
+def _probe_auth(case: Case) -> bool:
+    """A signed operation, as documented (not a wrong-method or route-missing variant)."""
+    raw = case.operation.definition.raw
+    security = raw.get("security", case.operation.schema.raw_schema.get("security", []))
+    positive = case.meta is not None and case.meta.generation.mode.is_positive
+    return bool(security) and positive and case.method.upper() == case.operation.method.upper()
+
+
+def _auth_is_enforced(case: Case, base_url: str) -> None:
+    for name, auth in AUTH_PROBES.items():
+        response = case.call(base_url=base_url, auth=auth)
+        body = _json(response)
+        assert response.status_code == 401, (name, response.status_code, body)
+        assert body["error"]["code"] == "unauthorized", (name, body)
+        trace = response.headers.get("x-trace-id", [""])[0]
+        assert len(trace) == 32 and body["trace_id"] == trace, (name, trace)
+    STATS.auth_probes += len(AUTH_PROBES)
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """JSON Schema's `integer` includes 22902695.0; the API's amounts do not (a fraction
+    or exponent is refused: openapi.yaml, Conventions). Valid cases send them as integers;
+    the refusal itself is tested in tests/unit/test_edge_inputs.py."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
+
+
+@SCHEMA.parametrize()
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_the_stack_keeps_its_contract(case: Case, served: Stack) -> None:
+    if STATS.over(case):  # bounded for CI: the rest of this operation's examples are not sent
+        return
+    if case.meta is not None and case.meta.generation.mode.is_positive:
+        case.body = _integral_floats_as_ints(case.body)
+        _aim_at_real_payments(case)
+    response = case.call(base_url=served.api, auth=Signer())
+    STATS.record(case, response)
+    case.validate_response(response, additional_checks=CHECKS)
+    if _probe_auth(case) and sum(STATS.cases.values()) % AUTH_PROBE_EVERY == 1:
+        _auth_is_enforced(case, served.api)

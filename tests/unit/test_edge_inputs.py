@@ -1,0 +1,295 @@
+"""Request parsing and authentication on hostile input: a documented 4xx, never an exception.
+
+SPEC §2: malformed JSON, duplicate keys, nesting deeper than 32 levels or wrong types → 400
+invalid_request (every invalid field at once); a non-JSON Content-Type → 415; a body over
+32 KiB → 413; a wrong or malformed signature, any bytes at all → 401 with one message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from payments.auth import ApiKey, authenticate, sign
+from payments.errors import (
+    InvalidAmount,
+    InvalidRequest,
+    PayloadTooLarge,
+    PaymentError,
+    Unauthorized,
+    UnsupportedCurrency,
+    UnsupportedMediaType,
+)
+from payments.http import MAX_BODY_BYTES, MAX_JSON_DEPTH, nesting_depth, parse_json_object
+from payments.models import CreatePaymentRequest, RefundRequest, invalid_request_from
+
+JSON = "application/json"
+
+
+def _parse(body: bytes, content_type: str | None = JSON) -> dict[str, Any]:
+    return parse_json_object(body, content_type)
+
+
+def _nested(depth: int) -> bytes:
+    return ('{"a":' * depth + "1" + "}" * depth).encode()
+
+
+# --- body: size, media type, JSON ----------------------------------------------------------
+
+
+def test_depth_limit_is_exactly_32_levels() -> None:
+    assert _parse(_nested(MAX_JSON_DEPTH))["a"]
+    with pytest.raises(InvalidRequest) as err:
+        _parse(_nested(MAX_JSON_DEPTH + 1))
+    assert err.value.details == [{"field": "body", "issue": "nested deeper than 32 levels"}]
+
+
+def test_deep_nesting_is_refused_before_json_recursion_blows_up() -> None:
+    # 5,000 levels made json.loads raise RecursionError (a 500) before the fix.
+    for body in (b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000, b"[" * 16000):
+        with pytest.raises(InvalidRequest):
+            _parse(body)
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ('{"a": "[[[[{{{{"}', 1),  # brackets inside strings do not count
+        ('{"a": "\\"[[["}', 1),  # nor after an escaped quote
+        ('{"a": "\\\\", "b": [[1]]}', 3),  # an escaped backslash ends the escape
+        ("[[], [[]], []]", 3),
+        ("1", 0),
+    ],
+)
+def test_nesting_depth_ignores_strings(text: str, depth: int) -> None:
+    assert nesting_depth(text) == depth
+
+
+@given(st.recursive(st.none() | st.integers() | st.text(), lambda c: st.lists(c, max_size=3)))
+@settings(max_examples=200)
+def test_nesting_depth_matches_the_parsed_structure(value: Any) -> None:
+    def depth(v: Any) -> int:
+        return 1 + max((depth(x) for x in v), default=0) if isinstance(v, list) else 0
+
+    assert nesting_depth(json.dumps(value)) == depth(value)
+
+
+def test_duplicate_keys_are_refused_at_any_level() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        _parse(b'{"amount": 1, "amount": 600000}')
+    assert err.value.details == [{"field": "amount", "issue": "duplicate key"}]
+    with pytest.raises(InvalidRequest):
+        _parse(b'{"customer": {"id": "a", "id": "b"}}')
+    long_key = "k" * 5000
+    with pytest.raises(InvalidRequest) as err:
+        _parse(json.dumps({long_key: 1}).replace("}", f', "{long_key}": 2}}').encode())
+    assert len(err.value.details[0]["field"]) <= 64  # never the whole input back
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"[]", b'"x"', b"null", b"{}{}", b'{"a": NaN}', b'{"a": -Infinity}',
+     b"\xff\xfe{}", b'{"a": "\xed\xa0\x80"}', b"\xef\xbb\xbf{}", b'{"a": ' + b"9" * 5000 + b"}"],
+)  # fmt: skip
+def test_malformed_bodies_are_invalid_request(body: bytes) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        _parse(body)
+    assert err.value.details[0]["field"] == "body"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+     "application/jsonx", "application/json; charset=latin-1", "application/problem+json"],
+)  # fmt: skip
+def test_other_media_types_are_415(content_type: str | None) -> None:
+    with pytest.raises(UnsupportedMediaType) as err:
+        _parse(b"{}", content_type)
+    assert err.value.status == 415 and err.value.code == "unsupported_media_type"
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "Application/JSON", "application/json; charset=UTF-8"]
+)
+def test_json_media_types_are_accepted(content_type: str) -> None:
+    assert _parse(b'{"a": 1}', content_type) == {"a": 1}
+
+
+def test_size_is_checked_first_then_presence_then_media_type() -> None:
+    with pytest.raises(PayloadTooLarge):
+        _parse(b"x" * (MAX_BODY_BYTES + 1), "text/plain")
+    assert _parse(b'{"a": "' + b"x" * (MAX_BODY_BYTES - 10) + b'"}')  # 32 KiB exactly is fine
+    with pytest.raises(InvalidRequest):  # no body at all: required, whatever the type says
+        _parse(b"", None)
+
+
+@given(st.binary(max_size=256), st.sampled_from([JSON, "text/plain", None]))
+def test_any_bytes_give_an_object_or_a_documented_4xx(body: bytes, content_type: str) -> None:
+    try:
+        assert isinstance(_parse(body, content_type), dict)
+    except PaymentError as err:
+        assert err.status in (400, 413, 415)
+
+
+# --- fields: all at once, one code by precedence ---------------------------------------------
+
+
+def _error(body: Any, model: type = CreatePaymentRequest) -> PaymentError:
+    with pytest.raises(ValidationError) as err:
+        model.model_validate(body)
+    errors = err.value.errors(include_input=False, include_url=False, include_context=False)
+    return invalid_request_from([dict(e) for e in errors])
+
+
+VALID = {"merchant_order_no": "o-1", "amount": 1, "currency": "USD", "payment_method": "pm_x"}
+
+
+def test_every_invalid_field_is_reported_in_one_error() -> None:
+    body = {**VALID, "amount": "1", "currency": "XXX", "channel": "paypal",
+            "merchant_order_no": "has space", "metadata": {"": "x"}, "unknown": 1}  # fmt: skip
+    err = _error(body)
+    fields = {d["field"] for d in err.details}
+    assert fields == {
+        "amount",
+        "currency",
+        "channel",
+        "merchant_order_no",
+        'metadata.""',
+        "unknown",
+    }
+    assert isinstance(err, InvalidAmount)  # amount first: the precedence below
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code"),
+    [
+        ({"amount": 0, "currency": "XXX", "channel": "paypal"}, "invalid_amount"),
+        ({"currency": "XXX", "channel": "paypal", "payment_method": ""}, "unsupported_currency"),
+        ({"channel": "paypal", "payment_method": ""}, "unsupported_channel"),
+        ({"payment_method": "", "description": "d" * 501}, "invalid_request"),
+        ({"currency": 840}, "invalid_request"),  # a number is a wrong type, not a currency
+    ],
+)
+def test_code_precedence_amount_currency_channel_then_invalid_request(
+    overrides: dict[str, Any], code: str
+) -> None:
+    err = _error({**VALID, **overrides})
+    assert err.code == code and err.status == 400
+    assert {d["field"] for d in err.details} == set(overrides)
+    assert any(d["code"] == code for d in err.details)
+
+
+def test_missing_amount_is_invalid_amount_even_with_other_errors() -> None:
+    body = {k: v for k, v in VALID.items() if k != "amount"}
+    err = _error({**body, "currency": "XXX"})
+    assert err.code == "invalid_amount" and {d["field"] for d in err.details} == {
+        "amount",
+        "currency",
+    }
+
+
+@pytest.mark.parametrize(
+    ("metadata", "ok"),
+    [
+        ({"": "x"}, False),
+        ({"k" * 40: "v" * 500}, True),
+        ({"k" * 41: "v"}, False),
+        ({"k": "v" * 501}, False),
+        ({f"k{i}": "v" for i in range(20)}, True),
+        ({f"k{i}": "v" for i in range(21)}, False),
+        ({"k": 1}, False),
+    ],
+)
+def test_metadata_limits_are_stripes(metadata: dict[str, Any], ok: bool) -> None:
+    body = {**VALID, "metadata": metadata}
+    if ok:
+        assert CreatePaymentRequest.model_validate(body).metadata == metadata
+    else:
+        assert _error(body).code == "invalid_request"
+
+
+def test_errors_never_echo_values_or_internal_names() -> None:
+    secret = "4242424242424242"
+    err = _error({**VALID, "currency": secret, "customer": 5, "payment_method": secret * 20})
+    text = json.dumps({"message": err.message, "details": err.details})
+    assert secret not in text
+    assert "Customer" not in text and "CreatePaymentRequest" not in text
+    assert isinstance(err, UnsupportedCurrency)
+
+
+@pytest.mark.parametrize("amount", [10**11 + 1, 10**40, 10**4000])
+def test_refund_amount_above_any_payment_stays_positive_and_storable(amount: int) -> None:
+    # Bounded so DynamoDB can compare it; the store then answers 422 amount_exceeded.
+    assert RefundRequest.model_validate({"amount": amount}).amount == 10**11 + 1
+
+
+@pytest.mark.parametrize("amount", [0, -1, 1.5, "1", True, None])
+def test_refund_amount_not_a_positive_integer_is_400(amount: Any) -> None:
+    assert _error({"amount": amount}, RefundRequest).code == "invalid_amount"
+
+
+# --- authentication ------------------------------------------------------------------------
+
+KEY = ApiKey(key_id="mk_test", merchant_id="merch_1", secret="s3cret")
+NOW = 1_700_000_000
+
+
+def _authenticate(**headers: str | None) -> str:
+    values: dict[str, str | None] = {
+        "key_id": "mk_test",
+        "timestamp": str(NOW),
+        "signature": sign("s3cret", str(NOW), "POST", "/api/v1/payments", b"{}"),
+    }
+    values.update(headers)
+    return authenticate(
+        **values,
+        method="POST",
+        path="/api/v1/payments",
+        body=b"{}",
+        lookup=lambda k: KEY if k == "mk_test" else None,
+        tolerance_seconds=300,
+        now=NOW,
+    ).merchant_id
+
+
+def test_the_well_formed_request_authenticates() -> None:
+    assert _authenticate() == "merch_1"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"signature": "é" * 64},  # hmac.compare_digest raised TypeError: a 500
+        {"signature": "\x00" * 64},
+        {"signature": "ab"},
+        {"signature": ""},
+        {"signature": None},
+        {"key_id": "mk_té"},
+        {"key_id": "k" * 129},
+        {"key_id": ""},
+        {"timestamp": "١٧٠٠٠٠٠٠٠٠"},  # int() accepts Arabic-Indic digits
+        {"timestamp": " 1700000000"},
+        {"timestamp": "1_700_000_000"},
+        {"timestamp": "9" * 5000},
+        {"timestamp": "-1"},
+        {"timestamp": str(NOW - 301)},
+        {"key_id": "mk_unknown"},
+    ],
+)
+def test_any_bad_header_is_401_with_one_message(headers: dict[str, str | None]) -> None:
+    with pytest.raises(Unauthorized) as err:
+        _authenticate(**headers)
+    assert err.value.message == Unauthorized.default_message
+
+
+@given(st.text(max_size=80), st.text(max_size=20), st.text(max_size=80))
+def test_arbitrary_header_text_never_raises_anything_but_401(
+    key_id: str, timestamp: str, signature: str
+) -> None:
+    with pytest.raises(Unauthorized):
+        _authenticate(key_id=key_id, timestamp=timestamp, signature=signature)
