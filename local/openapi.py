@@ -8,14 +8,17 @@ The route belongs to the local stack, not to the merchant API: it is not in
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from local.aws import Environ, StartResponse
+# The WSGI types of local.aws, spelled out: importing it would load moto (seconds) for
+# every user of this module.
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
 
 OPENAPI_PATH = "/openapi.json"
 DOCUMENT = Path(__file__).resolve().parents[1] / "openapi.yaml"

@@ -222,6 +222,13 @@ def test_errors_never_echo_values_or_internal_names() -> None:
     assert isinstance(err, UnsupportedCurrency)
 
 
+@pytest.mark.parametrize("raw", [b"100.0", b"1e3", b"1E+2", b"-0", b"true", b'"100"'])
+def test_amount_must_be_written_as_a_positive_integer(raw: bytes) -> None:
+    # JSON Schema's `integer` would accept 100.0; the API does not (openapi.yaml says so).
+    body = json.dumps(VALID).replace('"amount": 1', '"amount": ' + raw.decode()).encode()
+    assert _error(_parse(body)).code == "invalid_amount"
+
+
 @pytest.mark.parametrize("amount", [10**11 + 1, 10**40, 10**4000])
 def test_refund_amount_above_any_payment_stays_positive_and_storable(amount: int) -> None:
     # Bounded so DynamoDB can compare it; the store then answers 422 amount_exceeded.
@@ -293,3 +300,21 @@ def test_arbitrary_header_text_never_raises_anything_but_401(
 ) -> None:
     with pytest.raises(Unauthorized):
         _authenticate(key_id=key_id, timestamp=timestamp, signature=signature)
+
+
+# --- routing -------------------------------------------------------------------------------
+
+
+def test_a_path_the_router_cannot_route_is_404_not_405() -> None:
+    from local.events import api_event
+    from payments.api.gateway import router
+
+    # A raw `"` is no path parameter to the resolver: GET is allowed there, so not a 405.
+    event = api_event("GET", "/api/v1/payments/{payment_no}", path='/api/v1/payments/a"b')
+    result = router.resolve(event, None)
+    assert result["statusCode"] == 404 and json.loads(result["body"])["error"]["code"] == (
+        "not_found"
+    )
+    event = api_event("DELETE", "/api/v1/payments/{payment_no}", path="/api/v1/payments/x")
+    result = router.resolve(event, None)
+    assert result["statusCode"] == 405 and result["headers"]["Allow"] == "GET"

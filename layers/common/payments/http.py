@@ -257,9 +257,12 @@ class Router:
         return result
 
     def _not_found(self, _error: Exception) -> JsonResponse:
-        path = self.app.current_event.raw_path or self.app.current_event.path
+        event = self.app.current_event
+        path = event.raw_path or event.path
         allowed = sorted({m for (m, t) in self._templates if _template_matches(t, path)})
-        if allowed:
+        # The method is allowed but the resolver found no route: the path has a character
+        # its parameters do not take (e.g. a raw `"`), so it names nothing. 404, not 405.
+        if allowed and event.http_method.upper() not in allowed:
             return error_response(MethodNotAllowed(headers={"Allow": ", ".join(allowed)}))
         return error_response(NotFound("No such route."))
 
