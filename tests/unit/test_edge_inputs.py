@@ -318,3 +318,24 @@ def test_a_path_the_router_cannot_route_is_404_not_405() -> None:
     event = api_event("DELETE", "/api/v1/payments/{payment_no}", path="/api/v1/payments/x")
     result = router.resolve(event, None)
     assert result["statusCode"] == 405 and result["headers"]["Allow"] == "GET"
+
+
+@pytest.mark.parametrize(
+    ("value", "seen"),
+    [("pay_0123abc", "pay_0123abc"), ("x" * 3000, ""), ("..", ""), ("pay_\u00e9", ""),
+     ("%00", ""), ("a" * 128, "a" * 128), ("a" * 129, "")],
+)  # fmt: skip
+def test_path_identifiers_that_name_nothing_reach_the_route_as_empty(value: str, seen: str) -> None:
+    # DynamoDB refuses keys over 2 KiB (moto does not): such a value must never be looked up.
+    from local.events import api_event
+    from payments.http import Router, respond
+
+    router = Router()
+
+    @router.route("GET", "/things/{thing_no}")
+    def _echo(request: Any) -> Any:
+        return respond(200, {"thing_no": request.path_params["thing_no"]})
+
+    path = "/things/" + value
+    result = router.resolve(api_event("GET", "/things/{thing_no}", path=path), None)
+    assert json.loads(result["body"])["thing_no"] == seen
