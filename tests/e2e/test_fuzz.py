@@ -13,8 +13,10 @@ bytes sent. Checks on every response:
   `code` is one the document lists for that status (`x-error-codes`);
 - `X-Trace-ID` (32 lowercase hex) on every response, equal to the body's `trace_id`;
 - invalid data is refused (4xx) and valid data is not refused with a 400;
-- auth is enforced: a sample of signed operations is re-sent unsigned, wrongly signed and
-  stale, and must get 401 `unauthorized` each time;
+- auth is enforced: a sample of signed operations is re-sent unsigned, wrongly signed,
+  stale and with one malformed auth header (non-ASCII, short, 4 KiB...): 401 each time;
+- the same sample's body is re-sent in shapes no serializer writes (a repeated key, 5000
+  levels, NaN, invalid UTF-8, text/plain, over 32 KiB): 400 / 415 / 413 each time;
 - a payment the API answered with reads back (GET → 200): what was stored is readable.
 
 Bounded for `make test` (FUZZ_MAX_EXAMPLES per operation and phase, FUZZ_SECONDS overall);
@@ -105,11 +107,36 @@ class Unsigned(requests.auth.AuthBase):
         return request
 
 
+class Garbled(requests.auth.AuthBase):
+    """Signed, then one auth header replaced by a malformed value."""
+
+    def __init__(self, header: str, value: str) -> None:
+        self.header, self.value = header, value
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        for name in AUTH_HEADERS:
+            request.headers.setdefault(name, "")
+        Signer()(request)
+        request.headers[self.header] = self.value
+        return request
+
+
+# Each auth probe re-sends the case three ways, plus one malformed header in rotation: the
+# generated cases themselves always carry a valid signature (see Signer).
 AUTH_PROBES: dict[str, requests.auth.AuthBase] = {
     "unsigned": Unsigned(),
     "wrong secret": Signer("not-the-secret"),
     "stale timestamp": Signer(timestamp=int(time.time()) - 3600),
 }
+MALFORMED_AUTH: list[tuple[str, requests.auth.AuthBase]] = [
+    ("non-ASCII signature", Garbled("X-Signature", "\xe9" * 64)),  # was a 500
+    ("short signature", Garbled("X-Signature", "ab")),
+    ("upper-case Z signature", Garbled("X-Signature", "Z" * 64)),
+    ("float timestamp", Garbled("X-Timestamp", "1.7e9")),
+    ("signed timestamp", Garbled("X-Timestamp", "+1700000000")),
+    ("non-ASCII key id", Garbled("X-API-Key", "mk_d\xe9mo")),
+    ("4 KiB key id", Garbled("X-API-Key", "k" * 4096)),
+]
 
 
 class Stats:
@@ -119,6 +146,7 @@ class Stats:
         self.statuses: Counter[tuple[str, int]] = Counter()
         self.auth_probes = 0
         self.read_backs = 0
+        self.body_probes = 0
         self.over_budget = 0
         self.first_case: dict[str, float] = {}
 
@@ -140,6 +168,7 @@ class Stats:
             "cases": sum(self.cases.values()),
             "auth_probes": self.auth_probes,
             "read_backs": self.read_backs,
+            "body_probes": self.body_probes,
             "seconds": round(time.monotonic() - self.started, 1),
             "skipped_over_budget": self.over_budget,
             "excluded_not_yet_on_main": sorted(f"{m} {p}" for m, p in NOT_YET_ON_MAIN),
@@ -252,7 +281,8 @@ def _report(request: pytest.FixtureRequest) -> None:
         reporter.write_line("")
         reporter.write_line(
             f"fuzz: {summary['cases']} cases + {summary['auth_probes']} auth probes + "
-            f"{summary['read_backs']} read-backs in {summary['seconds']} s ({REPORT})"
+            f"{summary['body_probes']} body probes + {summary['read_backs']} read-backs "
+            f"in {summary['seconds']} s ({REPORT})"
         )
         for op, data in summary["per_operation"].items():
             reporter.write_line(f"  {op:48} {data['cases']:5}  {data['statuses']}")
@@ -306,8 +336,12 @@ def _response_media(case: Case, status: int) -> dict[str, Any] | None:
 
 
 def _json(response: Response) -> Any:
+    return _json_bytes(response.content)
+
+
+def _json_bytes(content: bytes | None) -> Any:
     try:
-        return json.loads(response.content or b"null")
+        return json.loads(content or b"null")
     except ValueError:
         return None
 
@@ -324,14 +358,64 @@ def _probe_auth(case: Case) -> bool:
 
 
 def _auth_is_enforced(case: Case, base_url: str) -> None:
-    for name, auth in AUTH_PROBES.items():
+    rotating = MALFORMED_AUTH[STATS.auth_probes % len(MALFORMED_AUTH)]
+    for name, auth in [*AUTH_PROBES.items(), rotating]:
         response = case.call(base_url=base_url, auth=auth)
-        body = _json(response)
-        assert response.status_code == 401, (name, response.status_code, body)
-        assert body["error"]["code"] == "unauthorized", (name, body)
-        trace = response.headers.get("x-trace-id", [""])[0]
-        assert len(trace) == 32 and body["trace_id"] == trace, (name, trace)
-    STATS.auth_probes += len(AUTH_PROBES)
+        _assert_refused(response.status_code, _json(response), response.headers, 401, name)
+        STATS.auth_probes += 1
+
+
+def _assert_refused(status: int, body: Any, headers: Any, expected: int, probe: str) -> None:
+    assert status == expected, (probe, status, body)
+    assert body["error"]["code"] == EXPECTED_CODES[expected], (probe, body)
+    trace = headers.get("x-trace-id", [""])
+    trace = trace[0] if isinstance(trace, list) else trace
+    assert len(trace) == 32 and body["trace_id"] == trace, (probe, trace)
+
+
+EXPECTED_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _body_shapes(raw: bytes, first_key: str) -> list[tuple[str, bytes, str, int]]:
+    """Bodies no JSON serializer writes, so schemathesis never sends them (all were a 5xx
+    or a silent misreading once): (name, bytes, Content-Type, expected status)."""
+    repeated = (
+        raw[:-1] + (b", " if raw != b"{}" else b"") + json.dumps(first_key).encode() + b": 0}"
+    )
+    return [
+        ("repeated key", repeated, "application/json", 400),
+        ("5000 levels", b'{"a":' * 5000 + b"1" + b"}" * 5000, "application/json", 400),
+        ("33 levels", b"[" * 33 + b"]" * 33, "application/json", 400),
+        (
+            "NaN",
+            raw[:-1] + (b", " if raw != b"{}" else b"") + b'"n": NaN}',
+            "application/json",
+            400,
+        ),
+        ("not UTF-8", b"\xff" + raw, "application/json", 400),
+        ("text/plain", raw, "text/plain", 415),
+        ("form", raw, "application/x-www-form-urlencoded", 415),
+        ("over 32 KiB", raw[:-1] + b" " * (33 * 1024) + b"}", "application/json", 413),
+    ]
+
+
+def _odd_bodies_are_refused(case: Case, response: Response, base_url: str) -> None:
+    """Re-send a valid case's body in shapes a serializer never writes: the documented 4xx."""
+    if not isinstance(case.body, dict) or response.request is None:
+        return
+    raw = json.dumps(case.body).encode()
+    path = urlsplit(response.request.url or "").path
+    for name, body, content_type, expected in _body_shapes(raw, next(iter(case.body), "a")):
+        headers = {"Content-Type": content_type,
+                   **signed_headers(KEY, SECRET, case.method, path, body)}  # fmt: skip
+        got = requests.request(case.method, base_url + path, data=body, headers=headers, timeout=30)
+        _assert_refused(got.status_code, _json_bytes(got.content), got.headers, expected, name)
+        STATS.body_probes += 1
 
 
 def _what_was_stored_is_readable(response: Response, base_url: str) -> None:
@@ -382,3 +466,4 @@ def test_the_stack_keeps_its_contract(case: Case, served: Stack) -> None:
     _what_was_stored_is_readable(response, served.api)
     if _probe_auth(case) and sum(STATS.cases.values()) % AUTH_PROBE_EVERY == 1:
         _auth_is_enforced(case, served.api)
+        _odd_bodies_are_refused(case, response, served.api)
