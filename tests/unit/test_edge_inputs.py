@@ -25,7 +25,7 @@ from payments.errors import (
     UnsupportedCurrency,
     UnsupportedMediaType,
 )
-from payments.http import MAX_BODY_BYTES, MAX_JSON_DEPTH, nesting_depth, parse_json_object
+from payments.jsonbody import MAX_BODY_BYTES, MAX_JSON_DEPTH, nesting_depth, parse_json_object
 from payments.models import CreatePaymentRequest, RefundRequest, invalid_request_from
 
 JSON = "application/json"
@@ -339,3 +339,11 @@ def test_path_identifiers_that_name_nothing_reach_the_route_as_empty(value: str,
     path = "/things/" + value
     result = router.resolve(api_event("GET", "/things/{thing_no}", path=path), None)
     assert json.loads(result["body"])["thing_no"] == seen
+
+
+def test_details_are_bounded_but_the_code_sees_every_error() -> None:
+    errors = [
+        {"loc": ("metadata", f"k{i}"), "msg": "bad", "type": "string_type"} for i in range(80)
+    ]
+    err = invalid_request_from([*errors, {"loc": ("amount",), "msg": "x", "type": "missing"}])
+    assert len(err.details) == 50 and err.code == "invalid_amount"

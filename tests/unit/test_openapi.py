@@ -17,7 +17,7 @@ from local.api import ApiGateway
 from local.openapi import DOCUMENT, OPENAPI_PATH, load_document, served_document
 from local.template import load_template
 from payments import errors, models, money
-from payments.http import MAX_BODY_BYTES, MAX_JSON_DEPTH
+from payments.jsonbody import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from tests.e2e.test_fuzz import NOT_YET_ON_MAIN
 
 ROOT = Path(__file__).resolve().parents[2]

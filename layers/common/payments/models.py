@@ -248,8 +248,9 @@ MAX_DETAILS = 50  # a 32 KiB body can hold thousands of errors; the first 50 say
 
 def invalid_request_from(errors: list[dict[str, Any]]) -> PaymentError:
     """Pydantic errors -> one 400 naming every invalid field (never echoing values)."""
-    details = [_detail(err) for err in errors[:MAX_DETAILS]]
-    codes = {d["code"] for d in details}
+    all_details = [_detail(err) for err in errors]
+    details = all_details[:MAX_DETAILS]
+    codes = {d["code"] for d in all_details}
     code = next((c for c in _CODE_PRECEDENCE if c in codes), None)
     if code is None:
         return InvalidRequest("The request body is invalid.", details=details)
