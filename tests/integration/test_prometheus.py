@@ -10,8 +10,6 @@ so every ratio is the exact ratio of the counts.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import math
 import os
@@ -32,6 +30,7 @@ import requests
 
 from local.stack import StackHandle, start_stack
 from payments import observability
+from payments.auth import signed_headers
 from payments.observability import metrics
 
 pytestmark = pytest.mark.prometheus
@@ -168,22 +167,13 @@ def stack(prometheus: Prometheus) -> Iterator[StackHandle]:
         os.environ.update(saved_env)
 
 
-def _signed(method: str, path: str, body: str) -> dict[str, str]:
-    ts = str(int(time.time()))
-    message = f"{ts}.{method}.{path}.{body}".encode()
-    return {
-        "X-API-Key": "mk_demo",
-        "X-Timestamp": ts,
-        "X-Signature": hmac.new(b"sk_demo_secret", message, hashlib.sha256).hexdigest(),
-        "Content-Type": "application/json",
-    }
-
-
 def _post(stack: StackHandle, path: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    body = json.dumps(payload)
-    response = requests.post(
-        stack.api_url + path, data=body, headers=_signed("POST", path, body), timeout=30
-    )
+    body = json.dumps(payload).encode()
+    headers = {
+        "Content-Type": "application/json",
+        **signed_headers("mk_demo", "sk_demo_secret", "POST", path, body),
+    }
+    response = requests.post(stack.api_url + path, data=body, headers=headers, timeout=30)
     return response.status_code, response.json()
 
 
