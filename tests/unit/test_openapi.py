@@ -88,8 +88,6 @@ def test_a_route_in_one_and_not_the_other_is_a_mismatch(
         "GET /health: in openapi.yaml, not in template.yaml",
         "GET /healthz: in template.yaml, not in openapi.yaml",
     ]
-    arrived = _template_routes() | {("POST", "/webhooks/stripe")}
-    assert "delete it from NOT_YET_ON_MAIN" in " ".join(_route_mismatches(documented, arrived))
 
 
 def test_every_operation_is_traced_signed_and_answers_json(doc: dict[str, Any]) -> None:
@@ -107,8 +105,11 @@ def test_every_operation_is_traced_signed_and_answers_json(doc: dict[str, Any]) 
             assert "application/json" in resolved["content"], (method, path, status)
             assert not status.startswith("5") or status == "503", (method, path, status)
         if "requestBody" in op:
-            assert {"413", "415"} <= set(op["responses"]), (method, path)
             assert list(op["requestBody"]["content"]) == ["application/json"]
+            # Merchant bodies have the 32 KiB and media-type rules; a provider event is
+            # verified on its raw bytes whatever they are (any failure is its 400).
+            if signed:
+                assert {"413", "415"} <= set(op["responses"]), (method, path)
 
 
 def test_503_channel_unavailable_carries_retry_after(doc: dict[str, Any]) -> None:
