@@ -55,6 +55,20 @@ def refresh_signature(event: dict[str, Any], key: str, secret: str) -> dict[str,
     return resign(event, secret) if resign else event
 
 
+def refresh_webhook_signature(event: dict[str, Any], secret: str) -> dict[str, Any]:
+    """Re-sign a provider webhook event (its signature expires after 300 s) as Stripe would."""
+    headers = event.get("headers") if isinstance(event.get("headers"), dict) else None
+    if not headers or "stripe-signature" not in headers or not isinstance(event.get("body"), str):
+        return event
+    import hashlib
+    import hmac
+
+    timestamp = int(time.time())
+    signed = f"{timestamp}.{event['body']}".encode()
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return {**event, "headers": {**headers, "stripe-signature": f"t={timestamp},v1={digest}"}}
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -93,6 +107,11 @@ def main(argv: Sequence[str] | None = None, template_path: str = "template.yaml"
     emulator = start_emulator(template_path, 0, function_env(getattr(sim, "url", None), os.environ))
     try:
         event = refresh_signature(event, emulator.merchant_key, emulator.merchant_secret)
+        secrets = emulator.env.get("STRIPE_WEBHOOK_SECRETS") or fn.environment.get(
+            "STRIPE_WEBHOOK_SECRETS", ""
+        )
+        if secrets:
+            event = refresh_webhook_signature(event, secrets.split(",")[0])
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the result only
             if seeding:
                 for line in seed(
