@@ -10,12 +10,13 @@ STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv run test lint build invoke bench load observe prometheus clean
+.PHONY: help venv run test lint build invoke fuzz bench load observe prometheus clean
 
 help:
 	@echo "make run     set up and run the platform locally on http://127.0.0.1:$${PAYMENTS_PORT:-3000}"
 	@echo "make test    set up and run every test (lint, types, unit, integration, end-to-end)"
 	@echo "make invoke FN=<function> EVENT=events/<file>   run one function on one event"
+	@echo "make fuzz    a long schemathesis campaign against the local stack (openapi.yaml)"
 	@echo "make build   sam build (needs python3.12)"
 	@echo "make bench   benchmarks;  make load  load test against the local stack"
 
@@ -31,9 +32,11 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) -m local.stack
 
-invoke: $(STAMP)
-	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<function> EVENT=events/<file>"; exit 2; }
-	$(PY) -m local.invoke $(FN) $(EVENT)
+# Silent: stdout is only the result JSON (`make invoke ... | jq`); set-up output goes to stderr.
+invoke:
+	@$(MAKE) --no-print-directory -s venv >&2
+	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<function> EVENT=events/<file>" >&2; exit 2; }
+	@$(PY) -m local.invoke $(FN) $(EVENT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -46,8 +49,19 @@ prometheus:
 	  echo "installing prometheus (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null; }
 
+# The fuzz stage (tests/e2e/test_fuzz.py) runs on its own after the other tests, bounded
+# for CI: FUZZ_MAX_EXAMPLES per operation and phase, FUZZ_SECONDS shared by the operations.
+FUZZ_TEST := tests/e2e/test_fuzz.py
+FUZZ := $(PY) -m pytest --no-cov -p no:cacheprovider -q $(FUZZ_TEST)
+
 test: lint prometheus
-	$(PY) -m pytest
+	$(PY) -m pytest --ignore=$(FUZZ_TEST)
+	$(FUZZ)
+
+# A longer campaign: cases per operation and status are printed (and written to
+# .local/fuzz-report.json), failures as pytest failures with a curl line to reproduce.
+fuzz: $(STAMP)
+	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-1000} FUZZ_SECONDS=$${FUZZ_SECONDS:-1200} $(FUZZ)
 
 observe: $(STAMP) prometheus
 	$(PY) -m local.observe

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from local.aws import Environ, StartResponse, serve_wsgi
+from local.openapi import OPENAPI_PATH, serve_openapi
 from local.runtime import LambdaRuntime
 from local.template import ACCOUNT, Route, Template
 
@@ -97,6 +98,10 @@ class ApiGateway:
         body = environ["wsgi.input"].read(length) if length else b""
         method = environ["REQUEST_METHOD"]
         raw_path = (environ.get("RAW_URI") or environ.get("PATH_INFO") or "/").split("?", 1)[0]
+        # --- the contract document (local/openapi.py): the stack's own route, not the API's
+        if method == "GET" and raw_path == OPENAPI_PATH:
+            return serve_openapi(environ, start_response)
+        # ---
         found = self.match(method, raw_path)
         if found is None:
             return _json(start_response, 404, {"message": "Not Found"})

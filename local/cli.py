@@ -5,8 +5,9 @@
     bin/payctl refund pay_... --amount 500
     bin/payctl trace <trace_id>     (span tree from the local stack's trace file)
 
-Environment: PAYMENTS_URL (default http://127.0.0.1:3000), PAYMENTS_KEY / PAYMENTS_SECRET
-(default the local demo merchant mk_demo / sk_demo_secret).
+Environment: PAYMENTS_URL (default http://127.0.0.1:$PAYMENTS_PORT, the port `make run`
+uses, 3000 when unset), PAYMENTS_KEY / PAYMENTS_SECRET (default the local demo merchant
+mk_demo / sk_demo_secret). A bad URL or port is a one-line error (exit 2), not a traceback.
 """
 
 from __future__ import annotations
@@ -16,15 +17,39 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 from payments.auth import signed_headers
 
 
+class UsageError(Exception):
+    """A bad setting; the message is the one line payctl prints."""
+
+
+def base_url(environ: Mapping[str, str]) -> str:
+    """PAYMENTS_URL, else the local stack on PAYMENTS_PORT (what `make run` listens on)."""
+    url = environ.get("PAYMENTS_URL")
+    if url:
+        parts = urlsplit(url)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            raise UsageError(f"PAYMENTS_URL must be http(s)://host[:port], not {url!r}")
+        return url.rstrip("/")
+    port = environ.get("PAYMENTS_PORT", "3000")
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise UsageError(f"PAYMENTS_PORT must be a port number (1-65535), not {port!r}")
+    return f"http://127.0.0.1:{int(port)}"
+
+
 def _send(method: str, path: str, body: dict[str, Any] | None, idempotency_key: str | None) -> int:
-    base = os.environ.get("PAYMENTS_URL", "http://127.0.0.1:3000").rstrip("/")
+    base = base_url(os.environ)
     key = os.environ.get("PAYMENTS_KEY", os.environ.get("LOCAL_MERCHANT_KEY", "mk_demo"))
     secret = os.environ.get(
         "PAYMENTS_SECRET", os.environ.get("LOCAL_MERCHANT_SECRET", "sk_demo_secret")
@@ -37,6 +62,9 @@ def _send(method: str, path: str, body: dict[str, Any] | None, idempotency_key: 
         response = requests.request(method, base + path, data=raw, headers=headers, timeout=35)
     except requests.ConnectionError:
         print(f"payctl: cannot reach {base} (is `make run` running?)", file=sys.stderr)
+        return 2
+    except requests.RequestException as exc:
+        print(f"payctl: request to {base} failed: {type(exc).__name__}", file=sys.stderr)
         return 2
     status_line = (
         f"HTTP {response.status_code}  X-Trace-ID: {response.headers.get('X-Trace-ID', '-')}"
@@ -78,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"payctl: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "pay":
         customer = {k: v for k, v in {"id": args.customer_id, "country": args.country}.items() if v}
         body: dict[str, Any] = {

@@ -1,10 +1,13 @@
-"""`python -m local.invoke <function> <event file>` (`make invoke FN= EVENT=`).
+"""`python -m local.invoke [--no-seed] <function> <event file>` (`make invoke FN= EVENT=`).
 
 Runs one function in-process on one event against a fresh AWS emulator and Stripe
 simulator, like `sam local invoke` without Docker. <function> is the code directory
-(create_payment) or the logical id (CreatePaymentFunction). Function output (logs, EMF)
-goes to stderr; the result JSON goes to stdout. Exit 0 on success, 1 when the function
-raised, 2 on bad usage (unknown function, missing or malformed event file).
+(create_payment) or the logical id (CreatePaymentFunction). First it seeds what the event
+names (local/seed.py: the payment of GET payment/order and refund events, the order of
+MarkOrderPaid/CancelOrder) unless --no-seed. Function output (logs, EMF) and seeding
+notes go to stderr; only the result JSON goes to stdout (`make invoke ... | jq` works).
+Exit 0 on success, 1 when the function raised, 2 on bad usage (unknown function, missing
+or malformed event file) or when seeding failed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from local.aws import start_emulator
+from local.seed import SeedError, seed
 from local.stack import function_env, start_stripe_sim
 from local.template import load_template
 
@@ -51,6 +55,20 @@ def refresh_signature(event: dict[str, Any], key: str, secret: str) -> dict[str,
     return resign(event, secret) if resign else event
 
 
+def refresh_webhook_signature(event: dict[str, Any], secret: str) -> dict[str, Any]:
+    """Re-sign a provider webhook event (its signature expires after 300 s) as Stripe would."""
+    headers = event.get("headers") if isinstance(event.get("headers"), dict) else None
+    if not headers or "stripe-signature" not in headers or not isinstance(event.get("body"), str):
+        return event
+    import hashlib
+    import hmac
+
+    timestamp = int(time.time())
+    signed = f"{timestamp}.{event['body']}".encode()
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return {**event, "headers": {**headers, "stripe-signature": f"t={timestamp},v1={digest}"}}
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -71,8 +89,10 @@ def load_event(path: str) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None, template_path: str = "template.yaml") -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    seeding = "--no-seed" not in args
+    args = [a for a in args if a != "--no-seed"]
     if len(args) != 2:
-        return _fail("usage: python -m local.invoke <function> <event file>")
+        return _fail("usage: python -m local.invoke [--no-seed] <function> <event file>")
     name, event_path = args
     template = load_template(template_path)
     fn = template.find_function(name)
@@ -87,8 +107,23 @@ def main(argv: Sequence[str] | None = None, template_path: str = "template.yaml"
     emulator = start_emulator(template_path, 0, function_env(getattr(sim, "url", None), os.environ))
     try:
         event = refresh_signature(event, emulator.merchant_key, emulator.merchant_secret)
+        secrets = emulator.env.get("STRIPE_WEBHOOK_SECRETS") or fn.environment.get(
+            "STRIPE_WEBHOOK_SECRETS", ""
+        )
+        if secrets:
+            event = refresh_webhook_signature(event, secrets.split(",")[0])
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the result only
+            if seeding:
+                for line in seed(
+                    event,
+                    emulator.runtime.invoke,
+                    key=emulator.merchant_key,
+                    secret=emulator.merchant_secret,
+                ):
+                    print(line)
             result, error = emulator.runtime.invoke(fn.logical_id, event)
+    except SeedError as exc:
+        return _fail(str(exc))
     finally:
         emulator.stop()
         if sim is not None:

@@ -351,9 +351,7 @@ def test_traceparent_is_injected_into_the_stripe_call(
 
     def spy(session: requests.Session, request: requests.PreparedRequest, **kw: Any) -> Any:
         # Charges only: a webhook hint may also read the intent back (GET).
-        if request.method == "POST" and str(request.url).startswith(
-            f"{traced.stack.sim_url}/v1/"
-        ):
+        if request.method == "POST" and str(request.url).startswith(f"{traced.stack.sim_url}/v1/"):
             sent.append(request)
         return real_send(session, request, **kw)
 

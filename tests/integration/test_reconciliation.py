@@ -383,3 +383,30 @@ def test_reconciliation_spans_link_to_the_payments_original_trace(platform: Plat
         assert dict(span.attributes or {})["payment_no"] == answer["payment_no"]
     finally:
         tracing.reset_for_tests()
+
+
+def test_items_left_for_an_operator_never_block_newer_ones(platform: Platform) -> None:
+    from payments.models import Reconciliation
+    from payments.store.payments import UnresolvedRef
+
+    settle_all(platform)  # start from an empty backlog
+    store = services.payment_store()
+    stuck = []
+    for _ in range(3):
+        body = payment_body()
+        platform.add_fault("error", count=1, match=body["merchant_order_no"])
+        _, answer, _ = platform.pay(**body)
+        ref = UnresolvedRef("PAYMENT", answer["payment_no"], None, "2000-01-01T00:00:00.000Z")
+        store.record_reconciliation(
+            ref, Reconciliation(attempts=30, exhausted=True), now="2026-01-01T00:00:00.000Z"
+        )
+        stuck.append(answer["payment_no"])
+    body = payment_body()
+    platform.add_fault("error_after", count=1, match=body["merchant_order_no"])
+    _, fresh, _ = platform.pay(**body)
+    time.sleep(0.3)
+    counts = reconciler(reconcile_batch_size=2).run()
+    assert counts.get("payment.succeeded") == 1, counts
+    assert platform.get_payment(fresh["payment_no"])[1]["status"] == "succeeded"
+    assert all(platform.get_payment(p)[1]["status"] == "processing" for p in stuck)
+    assert metric("payments_unresolved", kind="payment") >= 3  # still counted and alerted

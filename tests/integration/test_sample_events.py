@@ -75,3 +75,15 @@ def test_workflow_task_events_then_lookups_and_refund(platform: Platform) -> Non
     assert status == 200 and body["status"] == "paid"
     status, body = _api(platform, "RefundFunction", "refund_partial.json")
     assert status == 201 and body["payment_status"] == "partially_refunded"
+
+
+def test_reconciler_and_webhook_events(platform: Platform) -> None:
+    from local.invoke import refresh_webhook_signature
+
+    result = platform.invoke("ReconcilerFunction", _event("reconciler_scheduled.json"))
+    assert isinstance(result["outcomes"], dict)
+    webhook = refresh_webhook_signature(
+        _event("webhook_payment_intent_succeeded.json"), "whsec_local_secret"
+    )
+    answer = platform.invoke("WebhookFunction", webhook)
+    assert answer["statusCode"] == 200 and json.loads(answer["body"])["received"] is True

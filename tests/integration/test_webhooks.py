@@ -162,3 +162,24 @@ def test_signatures_rotation_and_tolerance(platform: Platform) -> None:
 def test_malformed_bodies_are_400_never_500(platform: Platform, raw: bytes) -> None:
     status, body = deliver(platform, raw)
     assert status == 400 and body["error"]["code"] == "invalid_signature"
+
+
+def test_a_hint_that_cannot_be_followed_now_is_503_and_not_recorded(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from payments import services
+    from payments.channel import LookupFailed
+
+    payment = processing_payment(platform)
+    event = event_for("payment_intent.succeeded", intent_of(platform, payment["payment_no"]))
+    client = services.channel("stripe")
+
+    def down(**_: Any) -> None:
+        raise LookupFailed("provider unreachable")
+
+    monkeypatch.setattr(client, "find_intent", down)
+    status, body = deliver(platform, event)
+    assert status == 503 and body["error"]["code"] == "service_unavailable"
+    monkeypatch.undo()
+    assert deliver(platform, event)[1]["result"] == "processed"  # Stripe's retry, afresh
+    assert platform.get_payment(payment["payment_no"])[1]["status"] == "succeeded"

@@ -37,6 +37,11 @@ TASK_EVENTS = {
     "order_cancel.json": "CancelOrder",
     "channel_payment.json": "ChannelPayment",
 }
+# The scheduled reconciler's event and a provider webhook (signed with the local secret).
+OTHER_EVENTS = {
+    "reconciler_scheduled.json": "ReconcilerFunction",
+    "webhook_payment_intent_succeeded.json": "WebhookFunction",
+}
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$")
 
 
@@ -67,7 +72,7 @@ def _expected_signature(event: dict[str, Any], secret: str = SECRET) -> str:
 
 def test_every_event_file_is_known() -> None:
     found = {p.name for p in EVENTS.glob("*.json")}
-    assert found == set(API_EVENTS) | set(TASK_EVENTS)
+    assert found == set(API_EVENTS) | set(TASK_EVENTS) | set(OTHER_EVENTS)
 
 
 @pytest.mark.parametrize(("name", "route_key"), sorted(API_EVENTS.items()))
@@ -234,3 +239,22 @@ def test_task_event_matches_asl_payload(name: str, step: str) -> None:
 
 def test_task_events_cover_every_asl_step() -> None:
     assert set(TASK_EVENTS.values()) == set(_asl_payload_keys())
+
+
+def test_the_webhook_sample_is_signed_as_stripe_signs() -> None:
+    import stripe
+
+    event = _load("webhook_payment_intent_succeeded.json")
+    header = event["headers"]["stripe-signature"]
+    timestamp = int(header.split(",")[0].removeprefix("t="))
+    # The official SDK's own verification, with the stored timestamp as "now".
+    assert stripe.WebhookSignature.verify_header(
+        event["body"], header, "whsec_local_secret", tolerance=time.time() - timestamp + 1
+    )
+    assert event["routeKey"] == "POST /webhooks/stripe"
+    assert json.loads(event["body"])["data"]["object"]["metadata"]["payment_no"].startswith("pay_")
+
+
+def test_the_scheduled_event_is_an_eventbridge_scheduler_event() -> None:
+    event = _load("reconciler_scheduled.json")
+    assert event["source"] == "aws.scheduler" and event["detail-type"] == "Scheduled Event"

@@ -46,13 +46,39 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_function_error_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     event = tmp_path / "empty.json"
-    event.write_text("{}")
-    code = main(["order", str(event)])
+    event.write_text("{}")  # not an order task: the handler's input model refuses it
+    assert main(["order", str(event)]) == 1
     out = json.loads(capsys.readouterr().out)
-    if code == 1:  # the handler raised: the Lambda error payload is printed
-        assert {"errorType", "errorMessage", "stackTrace"} <= out.keys()
-    else:
-        assert code == 0
+    assert {"errorType", "errorMessage", "stackTrace"} <= out.keys()
+    assert out["errorType"] == "ValidationError"
+
+
+# The five sample events that name a payment or order a fresh emulator does not have.
+SEEDED = [
+    ("create_payment", "get_payment.json", 200),
+    ("create_payment", "get_order.json", 200),
+    ("refund", "refund_partial.json", 201),
+    ("order", "order_mark_paid.json", "paid"),
+    ("order", "order_cancel.json", "cancelled"),
+]
+
+
+@pytest.mark.parametrize(("fn", "event", "expected"), SEEDED)
+def test_events_get_what_they_name_seeded(
+    fn: str, event: str, expected: int | str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([fn, f"events/{event}"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # stdout is the result JSON and nothing else
+    got = result.get("statusCode", result.get("status"))
+    assert got == expected, result
+    assert "seeded " in captured.err
+
+
+def test_without_seeding_those_events_find_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--no-seed", "create_payment", "events/get_payment.json"]) == 0
+    assert json.loads(capsys.readouterr().out)["statusCode"] == 404
+    assert main(["--no-seed", "order", "events/order_cancel.json"]) == 1
 
 
 def test_refresh_signature_only_for_the_demo_key() -> None:

@@ -30,6 +30,28 @@ SEED_ALERTS = {
     "HighHTTPErrorRate": ("> 0.01", "5m", "critical"),
 }
 
+# Unknown outcomes and reconciliation (SPEC §4, issue 10 item 9).
+# name: {(severity, for): threshold / fragment in the expression}
+RECONCILIATION_ALERTS = {
+    "PaymentsUnresolved": {("critical", "5m"): "payments_unresolved_oldest_age_seconds) > 900"},
+    "ReconciliationFailing": {("critical", "5m"): "ratio_rate10m > 0.5"},
+    "ReconciliationNeedsOperator": {("critical", "0m"): 'outcome=~"exhausted|mismatch"'},
+    "LateChargeFound": {
+        ("critical", "0m"): 'outcome="late_charge_flagged"',
+        ("warning", "0m"): 'outcome="late_charge_refunded"',
+    },
+    "ReconcilerNotReporting": {
+        ("warning", "5m"): "absent_over_time(payment_gateway_payments_unresolved[5m])",
+        ("critical", "5m"): 'payment_gateway_payment_total{status="processing"}',
+    },
+    "HighPaymentProcessingRate": {("warning", "10m"): "processing:ratio_rate5m > 0.05"},
+    "WebhookSignatureFailures": {("warning", "10m"): "invalid_signature:ratio_rate10m > 0.5"},
+}
+# reconciliation_total outcomes no alert fires on (the rest all alert).
+BENIGN_OUTCOMES = {"succeeded", "failed", "unknown", "already_final", "skipped", "not_found"}
+GRAFANA = ROOT / "observability" / "grafana" / "payments-dashboard.json"
+RUNBOOKS = ROOT / "observability" / "RUNBOOKS.md"
+
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     assert PROMTOOL is not None
@@ -89,6 +111,93 @@ def test_seed_alerts_match_the_spec() -> None:
         assert threshold in str(rule["expr"]), name
         assert rule["for"] == duration, name
         assert rule["labels"] == {"severity": severity}, name
+
+
+def test_reconciliation_alerts_match_the_issue() -> None:
+    alerts = _alerts()
+    for name, expected in RECONCILIATION_ALERTS.items():
+        rules = {(r["labels"]["severity"], r["for"]): str(r["expr"]) for r in alerts[name]}  # type: ignore[index]
+        assert rules.keys() == expected.keys(), name
+        for key, fragment in expected.items():
+            assert fragment in rules[key], (name, key)
+        for rule in alerts[name]:
+            assert set(rule["labels"]) == {"severity"}, name  # type: ignore[arg-type]
+
+
+def _rules_by_name() -> dict[str, str]:
+    return {
+        str(rule["record"]): str(rule["expr"])
+        for group in yaml.safe_load(RULES.read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+
+
+def test_payment_slo_leaves_processing_out_of_valid_events() -> None:
+    # A 202 `processing` is neither good nor bad: its outcome is not known yet (SPEC §4).
+    slo = {k: v for k, v in _rules_by_name().items() if k.startswith("payment_gateway:slo_payment")}
+    assert len(slo) == 7
+    for name, expr in slo.items():
+        bad, valid = expr.split("/")
+        assert 'status="failed"' in bad and "processing" not in bad, name
+        assert 'status!~"invalid|duplicate|processing"' in valid, name
+
+
+def _alerted_outcomes() -> set[str]:
+    """reconciliation_total outcomes some alert fires on."""
+    found: set[str] = set()
+    for rules in _alerts().values():
+        for rule in rules:
+            expr = str(rule["expr"])
+            if "reconciliation" not in expr:
+                continue
+            for values in re.findall(r'outcome=~?"([^"]+)"', expr):
+                found.update(values.split("|"))
+    return found
+
+
+def test_reconciliation_alerts_mirror_the_cloudwatch_alarms() -> None:
+    from payments.logic.reconcile import Outcome
+
+    resources = _template()["Resources"]
+    for alarm, kind in (
+        ("PaymentsUnresolvedAlarm", "payment"),
+        ("RefundsUnresolvedAlarm", "refund"),
+    ):
+        props = resources[alarm]["Properties"]
+        assert props["MetricName"] == "payments_unresolved_oldest_age_seconds", alarm
+        assert {"Name": "kind", "Value": kind} in props["Dimensions"], alarm
+        assert (props["Threshold"], props["EvaluationPeriods"], props["Period"]) == (900, 5, 60)
+    (unresolved,) = _alerts()["PaymentsUnresolved"]
+    assert "> 900" in str(unresolved["expr"]) and unresolved["for"] == "5m"
+    assert "by (kind)" in str(unresolved["expr"])  # one alert for both alarms
+
+    # ReconciliationFailingAlarm: every outcome except the benign ones it lists. Prometheus
+    # splits it (ReconciliationFailing, ReconciliationNeedsOperator, LateChargeFound) but
+    # alerts on the same outcomes. `not_found` (a webhook hint for an object that is not in
+    # our ledger) is benign here; the alarm does not list it yet (template.yaml's to fix).
+    (bad,) = resources["ReconciliationFailingAlarm"]["Properties"]["Metrics"]
+    alarm_benign = set(re.findall(r"outcome != '(\w+)'", bad["Expression"]))
+    assert alarm_benign <= BENIGN_OUTCOMES and BENIGN_OUTCOMES - alarm_benign <= {"not_found"}
+    # A new outcome fails here until someone decides whether it alerts.
+    assert _alerted_outcomes() == {o.value for o in Outcome} - BENIGN_OUTCOMES
+
+
+def _heading_anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_runbook_url_points_at_a_runbook() -> None:
+    anchors = {
+        _heading_anchor(line[3:])
+        for line in RUNBOOKS.read_text().splitlines()
+        if line.startswith("## ")
+    }
+    for name, rules in _alerts().items():
+        for rule in rules:
+            url = str(rule["annotations"]["runbook_url"])  # type: ignore[index]
+            assert url.split("#", 1)[1] in anchors, (name, url)
 
 
 def test_every_alert_is_annotated_and_tested() -> None:
@@ -170,3 +279,69 @@ def test_cloudwatch_dashboard_body_is_json_with_every_panel() -> None:
         "Average payment amount",
     ):
         assert panel in titles, panel
+
+
+def _grafana_panels() -> list[dict[str, Any]]:
+    panels: list[dict[str, Any]] = json.loads(GRAFANA.read_text())["panels"]
+    return panels
+
+
+def test_grafana_dashboard_layout() -> None:
+    panels = _grafana_panels()
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        mine = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not mine & cells, f"{panel['title']} overlaps another panel"
+        cells |= mine
+
+
+def test_grafana_has_the_reconciliation_panels() -> None:
+    def panel(fragment: str) -> dict[str, Any]:
+        """The one panel with an expression containing `fragment`."""
+        (found,) = [
+            p for p in _grafana_panels() if any(fragment in t["expr"] for t in p["targets"])
+        ]
+        return found
+
+    backlog = panel("max by (kind) (payment_gateway_payments_unresolved)")
+    assert backlog["targets"][0]["legendFormat"] == "{{kind}}"
+    age = panel("max by (kind) (payment_gateway_payments_unresolved_oldest_age_seconds)")
+    defaults = age["fieldConfig"]["defaults"]
+    assert defaults["unit"] == "s"
+    assert [s["value"] for s in defaults["thresholds"]["steps"]] == [None, 900]  # 15 minutes
+    assert defaults["custom"]["thresholdsStyle"]["mode"] != "off"
+    assert (
+        "by (kind, outcome)" in panel("payment_gateway_reconciliation_total")["targets"][0]["expr"]
+    )
+    assert "by (result)" in panel("payment_gateway_webhook_events_total")["targets"][0]["expr"]
+    share = panel('payment_gateway_payment_total{status="processing"}')
+    assert share["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    # `or vector(0)`: reads 0 (not "no data") while there is traffic and no 202
+    assert all("or vector(0)" in t["expr"] for t in share["targets"])
+
+
+@needs_promtool
+def test_grafana_expressions_are_valid_promql(tmp_path: Path) -> None:
+    """Every panel expression parses (Grafana's $__rate_interval as 5m), checked by promtool
+    as recording rules; tests/integration/test_prometheus.py runs them against real data."""
+    rules = [
+        {
+            "record": f"grafana:panel_{p['id']}_{t['refId']}",
+            "expr": re.sub(r"\$__(rate_)?interval", "5m", t["expr"]),
+        }
+        for p in _grafana_panels()
+        for t in p["targets"]
+    ]
+    path = tmp_path / "grafana.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "grafana", "rules": rules}]}))
+    result = _promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -444,8 +444,14 @@ def test_outputs(template: dict[str, Any]) -> None:
     assert outputs["PaymentsTableName"]["Value"] == {"Ref": "PaymentsTable"}
 
 
-def test_observability_section_is_reserved_inside_resources() -> None:
-    text = TEMPLATE.read_text(encoding="utf-8")
-    marker = "# --- Observability: CloudWatch alarms and dashboard (metrics issue) ---"
-    assert marker in text
-    assert text.index("\nResources:") < text.index(marker) < text.index("\nOutputs:")
+def test_every_alarm_notifies_the_alarms_topic(resources: dict[str, Any]) -> None:
+    # What the observability section is for (it used to pin its comment line instead).
+    topics = _of_type(resources, "AWS::SNS::Topic")
+    alarms = _of_type(resources, "AWS::CloudWatch::Alarm")
+    assert alarms and len(topics) == 1
+    topic = {"Ref": next(iter(topics))}
+    for name, alarm in alarms.items():
+        props = alarm["Properties"]
+        assert props["AlarmActions"] == [topic], name
+        assert props["OKActions"] == [topic], name
+    assert _of_type(resources, "AWS::CloudWatch::Dashboard")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,13 @@ def signed_headers(
     }
 
 
+# What well-formed headers look like. Anything else is refused before it reaches the key
+# store or `hmac.compare_digest` (which raises on non-ASCII text): any bytes give a 401.
+_KEY_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, as key ids are issued
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
+
+
 def authenticate(
     *,
     key_id: str | None,
@@ -54,16 +62,23 @@ def authenticate(
     tolerance_seconds: int,
     now: float | None = None,
 ) -> Merchant:
-    """The merchant behind a signed request, or Unauthorized (one message for every cause)."""
-    if not key_id or not timestamp or not signature:
-        raise Unauthorized("Missing authentication headers.")
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        raise Unauthorized() from None
+    """The merchant behind a signed request, or Unauthorized.
+
+    Every cause (missing, malformed, stale, unknown key, wrong signature, inactive key) gets
+    the same message, so a caller cannot tell which check failed (SPEC §2).
+    """
+    if not (
+        key_id is not None
+        and timestamp is not None
+        and signature is not None
+        and _KEY_ID.fullmatch(key_id)
+        and _TIMESTAMP.fullmatch(timestamp)
+        and _SIGNATURE.fullmatch(signature)
+    ):
+        raise Unauthorized()
     current = time.time() if now is None else now
-    if abs(current - sent_at) > tolerance_seconds:
-        raise Unauthorized("The request timestamp is outside the allowed window.")
+    if abs(current - int(timestamp)) > tolerance_seconds:
+        raise Unauthorized()
     key = lookup(key_id)
     # Compute the expected signature even for unknown keys so timing does not reveal them.
     expected = sign(key.secret if key else "unknown-key", timestamp, method, path, body)

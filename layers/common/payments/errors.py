@@ -72,6 +72,11 @@ class PayloadTooLarge(PaymentError):
     code, status, default_message = "payload_too_large", 413, "The body exceeds 32 KiB."
 
 
+class UnsupportedMediaType(PaymentError):
+    code, status = "unsupported_media_type", 415
+    default_message = "The body must be sent as Content-Type: application/json."
+
+
 class IdempotencyKeyReused(PaymentError):
     code, status = "idempotency_key_reused", 422
     default_message = "This Idempotency-Key was used with a different request body."

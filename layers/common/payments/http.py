@@ -6,6 +6,7 @@ code never sees events.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 from collections.abc import Callable
@@ -14,21 +15,14 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
-from payments.errors import (
-    InvalidRequest,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    PaymentError,
-)
+from payments.errors import MethodNotAllowed, NotFound, PaymentError
+from payments.jsonbody import invalid_body, parse_json_object
 from payments.observability import current_trace_id
 from payments.observability.logging import logger
 
 __all__ = ["ApiRequest", "JsonResponse", "Router", "error_body", "respond"]
 
 JsonResponse = Response[str]
-
-MAX_BODY_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,36 +39,41 @@ class ApiRequest:
         return self.headers.get(name.lower())
 
     def json(self) -> dict[str, Any]:
-        """The body as a JSON object; malformed JSON or another type is invalid_request."""
-        if len(self.body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge()
-        try:
-            value = json.loads(self.body or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidRequest(
-                "The body is not valid JSON.", details=[{"field": "body", "issue": "malformed"}]
-            ) from None
-        if not isinstance(value, dict):
-            raise InvalidRequest(
-                "The body must be a JSON object.",
-                details=[{"field": "body", "issue": "must be an object"}],
-            )
-        return value
+        """The body as a JSON object (see `parse_json_object`)."""
+        return parse_json_object(self.body, self.header("content-type"))
 
 
 def _request(app: APIGatewayHttpResolver, path_params: dict[str, str]) -> ApiRequest:
     event = app.current_event
-    raw = event.get("body") or ""
-    body = base64.b64decode(raw) if event.get("isBase64Encoded") else raw.encode()
+    body = _raw_body(event.get("body") or "", bool(event.get("isBase64Encoded")))
     return ApiRequest(
         method=event.http_method.upper(),
         path=event.raw_path or event.path,
         headers={k.lower(): v for k, v in (event.headers or {}).items()},
         body=body,
-        path_params=path_params,
+        path_params={name: _identifier(value) for name, value in path_params.items()},
         lambda_context=app.lambda_context,
         query=dict(event.query_string_parameters or {}),
     )
+
+
+# Identifiers in paths (pay_..., ord_...) are short and plain. Any other value names nothing:
+# it reaches the route as "" so the route authenticates first and then answers its own 404,
+# and an over-long or odd value never reaches a store key (DynamoDB caps keys at 2 KiB).
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def _identifier(value: str) -> str:
+    return value if _IDENTIFIER.fullmatch(value) else ""
+
+
+def _raw_body(raw: str, is_base64: bool) -> bytes:
+    if not is_base64:
+        return raw.encode("utf-8", "surrogatepass")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_body("The body is not valid base64.", "malformed base64") from None
 
 
 def respond(
@@ -136,9 +135,12 @@ class Router:
         return result
 
     def _not_found(self, _error: Exception) -> JsonResponse:
-        path = self.app.current_event.raw_path or self.app.current_event.path
+        event = self.app.current_event
+        path = event.raw_path or event.path
         allowed = sorted({m for (m, t) in self._templates if _template_matches(t, path)})
-        if allowed:
+        # The method is allowed but the resolver found no route: the path has a character
+        # its parameters do not take (e.g. a raw `"`), so it names nothing. 404, not 405.
+        if allowed and event.http_method.upper() not in allowed:
             return error_response(MethodNotAllowed(headers={"Allow": ", ".join(allowed)}))
         return error_response(NotFound("No such route."))
 

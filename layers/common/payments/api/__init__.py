@@ -8,7 +8,6 @@ from pydantic import BaseModel, ValidationError
 
 from payments.auth import Merchant, authenticate
 from payments.config import get_settings
-from payments.errors import InvalidAmount
 from payments.http import ApiRequest
 from payments.models import invalid_request_from
 from payments.observability.logging import logger
@@ -33,12 +32,10 @@ def authenticated(request: ApiRequest) -> Merchant:
 
 
 def parse_body(request: ApiRequest, model: type[M]) -> M:
-    """Validate the JSON body; a missing or non-integer amount is invalid_amount."""
+    """Validate the JSON body: one 400 listing every invalid field (`invalid_request_from`)."""
     body: dict[str, Any] = request.json()
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        errors = err.errors(include_input=False, include_url=False)
-        if any(e["loc"][:1] == ("amount",) for e in errors):
-            raise InvalidAmount("amount must be an integer number of minor units.") from None
+        errors = err.errors(include_input=False, include_url=False, include_context=False)
         raise invalid_request_from([dict(e) for e in errors]) from None

@@ -18,7 +18,7 @@ from payments.models import (
     PaymentStatus,
     invalid_request_from,
 )
-from payments.observability import tracing
+from payments.observability import current_trace_id, tracing
 from payments.services import breaker, order_store, payment_store, workflow
 
 router = Router(
@@ -91,6 +91,7 @@ def list_payments(request: ApiRequest) -> JsonResponse:
         errors = [dict(e) for e in err.errors(include_input=False, include_url=False)]
         details = invalid_request_from(errors).details
         raise InvalidRequest("The query string is invalid.", details=details) from None
+    # A cursor that names no payment of this merchant is 404 not_found, as Stripe does.
     page, has_more = payment_store().list_payments(
         merchant.merchant_id,
         merchant_order_no=query.merchant_order_no,
@@ -98,7 +99,8 @@ def list_payments(request: ApiRequest) -> JsonResponse:
         limit=query.limit,
         starting_after=query.starting_after,
     )
-    return respond(200, {"data": [p.public(trace_id="") for p in page], "has_more": has_more})
+    trace_id = current_trace_id()
+    return respond(200, {"data": [p.public(trace_id=trace_id) for p in page], "has_more": has_more})
 
 
 @router.route("GET", "/api/v1/payments/{payment_no}")

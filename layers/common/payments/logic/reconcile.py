@@ -105,20 +105,33 @@ class Reconciler:
     # ---- the scheduled run -----------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """One scheduled pass over both backlogs; returns counts by outcome (for logs)."""
+        """One scheduled pass over both backlogs; returns counts by outcome (for logs).
+
+        Up to `batch_size` items are looked at per kind; items not due yet (backoff) or left
+        for an operator are paged past, so they never keep newer ones from their turn."""
         now = self.clock()
         before = _iso(now - timedelta(seconds=self.settings.reconcile_grace_seconds))
         counts: dict[str, int] = {}
-        batch = self.settings.reconcile_batch_size
-        for ref in self.payments.unresolved("PAYMENT", before=before, limit=batch):
-            outcome = self.reconcile_payment(ref.payment_no, scheduled=True)
-            counts[f"payment.{outcome}"] = counts.get(f"payment.{outcome}", 0) + 1
-        for ref in self.payments.unresolved("REFUND", before=before, limit=batch):
-            assert ref.refund_no is not None
-            outcome = self.reconcile_refund(ref.payment_no, ref.refund_no, scheduled=True)
-            counts[f"refund.{outcome}"] = counts.get(f"refund.{outcome}", 0) + 1
+        for kind in ("PAYMENT", "REFUND"):
+            for ref in self._due_items(kind, before):
+                if ref.refund_no is None:
+                    outcome = self.reconcile_payment(ref.payment_no, scheduled=True)
+                else:
+                    outcome = self.reconcile_refund(ref.payment_no, ref.refund_no, scheduled=True)
+                label = f"{kind.lower()}.{outcome}"
+                counts[label] = counts.get(label, 0) + 1
         self._report_backlog()
         return counts
+
+    def _due_items(self, kind: Kind, before: str) -> Iterator[UnresolvedRef]:
+        batch = self.settings.reconcile_batch_size
+        refs = self.payments.iter_unresolved(
+            kind, before=before, now=_iso(self.clock()), page_size=batch
+        )
+        for taken, ref in enumerate(refs):
+            if taken >= batch:
+                return
+            yield ref
 
     def _report_backlog(self) -> None:
         now = self.clock()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from payments.errors import InvalidSignature
+from payments.errors import InvalidSignature, ServiceUnavailable
 from payments.logic.reconcile import Outcome, Reconciler
 from payments.observability import metrics
 from payments.store.webhooks import WebhookEventStore
@@ -95,14 +95,30 @@ def _parse_event(body: bytes) -> Event:
     return Event(event_id[:255], event_type[:255], obj)
 
 
+# Reconciliation outcomes after which the provider should deliver the event again.
+_RETRY = frozenset({Outcome.ERROR, Outcome.LOOKUP_FAILED})
+
+
 def handle(event: Event, *, events: WebhookEventStore, reconciler: Reconciler) -> str:
-    """Act on one verified event; returns the result (also the metric's `result` label)."""
-    if events.seen(event.id):
-        result = "duplicate"
-    else:
-        result = _dispatch(event, reconciler)
-        if not events.remember(event.id, event.type):
-            result = "duplicate"  # a concurrent delivery handled it too; both were harmless
+    """Act on one verified event; returns the result (also the metric's `result` label).
+
+    ServiceUnavailable when the hint could not be followed now (storage or the provider
+    lookup failed): the event is not recorded, so Stripe's retry is handled afresh."""
+    try:
+        if events.seen(event.id):
+            result = "duplicate"
+        else:
+            result = _dispatch(event, reconciler)
+            if result == "retry":
+                raise ServiceUnavailable(headers={"Retry-After": "30"})
+            if not events.remember(event.id, event.type):
+                result = "duplicate"  # a concurrent delivery handled it too; both harmless
+    except ServiceUnavailable:
+        metrics.WEBHOOK_EVENTS_TOTAL.inc(type=event.metric_type, result="retry")
+        raise
+    except Exception:
+        metrics.WEBHOOK_EVENTS_TOTAL.inc(type=event.metric_type, result="retry")
+        raise ServiceUnavailable(headers={"Retry-After": "30"}) from None
     metrics.WEBHOOK_EVENTS_TOTAL.inc(type=event.metric_type, result=result)
     return result
 
@@ -114,16 +130,24 @@ def _dispatch(event: Event, reconciler: Reconciler) -> str:
         return "ignored"  # not one of ours (or no hint to follow)
     if event.type in PAYMENT_EVENTS:
         reference = event.object.get("id")
-        outcome = reconciler.reconcile_payment(
-            payment_no, reference=reference if isinstance(reference, str) else None
-        )
-        return "ignored" if outcome is Outcome.NOT_FOUND else "processed"
-    if event.type in REFUND_EVENTS:
+        outcomes = [
+            reconciler.reconcile_payment(
+                payment_no, reference=reference if isinstance(reference, str) else None
+            )
+        ]
+    elif event.type in REFUND_EVENTS:
         refund_no = metadata.get("refund_no")
         if isinstance(refund_no, str) and refund_no:
-            outcome = reconciler.reconcile_refund(payment_no, refund_no)
-            return "ignored" if outcome is Outcome.NOT_FOUND else "processed"
-        for refund in reconciler.payments.refunds(payment_no):
-            reconciler.reconcile_refund(payment_no, refund.refund_no)
-        return "processed"
-    return "ignored"
+            outcomes = [reconciler.reconcile_refund(payment_no, refund_no)]
+        else:
+            outcomes = [
+                reconciler.reconcile_refund(payment_no, refund.refund_no)
+                for refund in reconciler.payments.refunds(payment_no)
+            ]
+    else:
+        return "ignored"
+    if any(o in _RETRY for o in outcomes):
+        return "retry"
+    if outcomes and all(o is Outcome.NOT_FOUND for o in outcomes):
+        return "ignored"
+    return "processed"

@@ -18,6 +18,7 @@ conditional decrement (never read-then-write), so concurrent refunds can never e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -271,7 +272,7 @@ class PaymentStore:
                     "TableName": self.table,
                     "Key": _payment_key(payment.payment_no),
                     "UpdateExpression": f"SET {', '.join(sets)} "
-                    "REMOVE unresolved_kind, unresolved_since",
+                    "REMOVE unresolved_kind, unresolved_since, unresolved_due",
                     "ConditionExpression": "#status = :processing",
                     "ExpressionAttributeNames": names,
                     "ExpressionAttributeValues": attr,
@@ -372,13 +373,16 @@ class PaymentStore:
             dynamodb().update_item(
                 TableName=self.table,
                 Key=key,
-                UpdateExpression="SET reconciliation = :r, updated_at = :now",
+                UpdateExpression="SET reconciliation = :r, updated_at = :now, "
+                "unresolved_due = :due",
                 ConditionExpression="#status = :pending",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":r": to_item({"r": state.model_dump(mode="json")})["r"],
                     ":now": {"S": now},
                     ":pending": {"S": pending},
+                    # Exhausted: never due again (left for an operator), still in the backlog.
+                    ":due": {"S": "~" if state.exhausted else (state.next_at or now)},
                 },
             )
         except ClientError as err:
@@ -397,18 +401,30 @@ class PaymentStore:
             ScanIndexForward=True,
             Limit=limit,
         )
-        refs = []
-        for item in response.get("Items", []):
-            sk = item["sk"]["S"]
-            refs.append(
-                UnresolvedRef(
-                    kind=kind,
-                    payment_no=item["pk"]["S"].removeprefix("PAYMENT#"),
-                    refund_no=sk.removeprefix("REFUND#") if sk.startswith("REFUND#") else None,
-                    since=item["unresolved_since"]["S"],
-                )
-            )
-        return refs
+        return [_unresolved_ref(kind, item) for item in response.get("Items", [])]
+
+    def iter_unresolved(
+        self, kind: Kind, *, before: str, now: str, page_size: int, max_pages: int = 20
+    ) -> Iterator[UnresolvedRef]:
+        """Unresolved items older than `before` that are due (`unresolved_due` <= now),
+        oldest first, paging past those in backoff or left for an operator."""
+        query: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": UNRESOLVED_INDEX,
+            "KeyConditionExpression": "unresolved_kind = :k AND unresolved_since < :before",
+            "ExpressionAttributeValues": {":k": {"S": kind}, ":before": {"S": before}},
+            "ScanIndexForward": True,
+            "Limit": page_size,
+        }
+        for _ in range(max_pages):
+            response = dynamodb().query(**query)
+            for item in response.get("Items", []):
+                due = item.get("unresolved_due", {}).get("S")
+                if due is None or due <= now:
+                    yield _unresolved_ref(kind, item)
+            if "LastEvaluatedKey" not in response:
+                return
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def backlog(self, kind: Kind, *, before: str) -> tuple[int, str | None]:
         """(count, oldest `since`) of the unresolved items older than `before`."""
@@ -517,7 +533,7 @@ class PaymentStore:
                 "TableName": self.table,
                 "Key": _refund_key(refund.payment_no, refund.refund_no),
                 "UpdateExpression": "SET #status = :succeeded, channel_reference = :ref, "
-                "updated_at = :now REMOVE unresolved_kind, unresolved_since",
+                "updated_at = :now REMOVE unresolved_kind, unresolved_since, unresolved_due",
                 "ConditionExpression": "#status = :pending",
                 "ExpressionAttributeNames": {"#status": "status"},
                 "ExpressionAttributeValues": {
@@ -607,7 +623,7 @@ class PaymentStore:
                     "TableName": self.table,
                     "Key": _refund_key(refund.payment_no, refund.refund_no),
                     "UpdateExpression": "SET #status = :failed, failure_code = :code, "
-                    "updated_at = :now REMOVE unresolved_kind, unresolved_since",
+                    "updated_at = :now REMOVE unresolved_kind, unresolved_since, unresolved_due",
                     "ConditionExpression": "#status = :pending",
                     "ExpressionAttributeNames": {"#status": "status"},
                     "ExpressionAttributeValues": {
@@ -639,6 +655,16 @@ class PaymentStore:
                 raise AlreadyFinal(current) from None
             return current
         return None if forget else self.get_refund(refund.payment_no, refund.refund_no)
+
+
+def _unresolved_ref(kind: Kind, item: dict[str, Any]) -> UnresolvedRef:
+    sk = item["sk"]["S"]
+    return UnresolvedRef(
+        kind=kind,
+        payment_no=item["pk"]["S"].removeprefix("PAYMENT#"),
+        refund_no=sk.removeprefix("REFUND#") if sk.startswith("REFUND#") else None,
+        since=item["unresolved_since"]["S"],
+    )
 
 
 class SettlementConflict(Exception):
