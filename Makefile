@@ -76,5 +76,9 @@ bench: $(STAMP)
 load: $(STAMP)
 	$(PY) -m bench.load
 
+# ≥ 20,000 requests at concurrency 8 against `python -m local.stack`: RSS start/middle/end, p50/p99.
+soak: $(STAMP)
+	$(PY) -m bench.soak
+
 clean:
 	rm -rf $(VENV) .aws-sam .local .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

@@ -11,10 +11,12 @@ answer the contract's 405 (real HTTP API would answer 404 there; our template ha
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,12 +24,15 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from local.aws import Environ, StartResponse, serve_wsgi
+from local.aws import Environ, QuietHandler, StartResponse, serve_wsgi
+from local.faults import FAULTS, FaultError
 from local.openapi import OPENAPI_PATH, serve_openapi
-from local.runtime import LambdaRuntime
+from local.runtime import LambdaRuntime, TooManyRequestsError, UnknownFunctionError
 from local.template import ACCOUNT, Route, Template
 
 MAX_BODY = 10 * 1024 * 1024  # API Gateway's payload limit; functions enforce their own
+MAX_REQUEST_HEAD = 10240  # HTTP API quota: request line and header values, in bytes
+FAULTS_PATH = "/_local/faults"
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,84 @@ def _compile(route: Route) -> _Compiled:
     return _Compiled(route, pattern, (1 - greedy, literals, int(route.method != "ANY")))
 
 
-def _json(start_response: StartResponse, status: int, body: Any) -> list[bytes]:
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+_ERROR_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    429: "too_many_requests",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+    502: "bad_gateway",
+    504: "gateway_timeout",
+}
+
+
+def trace_id_of(traceparent: str) -> str:
+    """The W3C trace id of an incoming `traceparent`, else a fresh one (32 lowercase hex)."""
+    match = _TRACEPARENT.match(traceparent.strip().lower())
+    if match and match.group(1) != "ff" and match.group(2) != "0" * 32:
+        return match.group(2)
+    return uuid.uuid4().hex
+
+
+def error_body(status: int, message: str, trace_id: str) -> bytes:
+    """The emulator's own errors, in the platform's error shape."""
+    code = _ERROR_CODES.get(status, "error")
+    return json.dumps({"error": {"code": code, "message": message}, "trace_id": trace_id}).encode()
+
+
+def _json(
+    start_response: StartResponse,
+    status: int,
+    body: Any,
+    trace_id: str,
+    headers: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
     data = json.dumps(body).encode()
     start_response(
         f"{status} {_reason(status)}",
-        [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(data))),
+            ("X-Trace-ID", trace_id),
+            *(headers or []),
+        ],
     )
     return [data]
+
+
+def _error(
+    start_response: StartResponse,
+    status: int,
+    message: str,
+    trace_id: str,
+    headers: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
+    body = json.loads(error_body(status, message, trace_id))
+    return _json(start_response, status, body, trace_id, headers)
+
+
+class ApiRequestHandler(QuietHandler):
+    """Errors the HTTP layer answers before the app runs (a 431 for an oversized header line,
+    a 414 request line, 400 garbage) get the JSON error shape too, not http.server's HTML."""
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        data = error_body(code, message or _reason(code), uuid.uuid4().hex)
+        self.close_connection = True
+        try:
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Trace-ID", json.loads(data)["trace_id"])
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if getattr(self, "command", None) != "HEAD":
+                self.wfile.write(data)
+        except OSError:
+            pass
 
 
 def _reason(status: int) -> str:
@@ -92,33 +168,85 @@ class ApiGateway:
         return None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        trace_id = trace_id_of(environ.get("HTTP_TRACEPARENT", ""))
+        try:
+            return self._handle(environ, start_response, trace_id)
+        except Exception:  # never werkzeug's HTML 500 page
+            traceback.print_exc(file=sys.stderr)
+            return _error(start_response, 500, "Internal Server Error", trace_id)
+
+    def _handle(
+        self, environ: Environ, start_response: StartResponse, trace_id: str
+    ) -> list[bytes]:
+        if _request_head_size(environ) > MAX_REQUEST_HEAD:
+            message = f"Request line and headers exceed {MAX_REQUEST_HEAD} bytes"
+            return _error(start_response, 431, message, trace_id)
         length = int(environ.get("CONTENT_LENGTH") or 0)
         if length > MAX_BODY:
-            return _json(start_response, 413, {"message": "Request Entity Too Large"})
+            return _error(start_response, 413, "Request Entity Too Large", trace_id)
         body = environ["wsgi.input"].read(length) if length else b""
         method = environ["REQUEST_METHOD"]
         raw_path = (environ.get("RAW_URI") or environ.get("PATH_INFO") or "/").split("?", 1)[0]
         # --- the contract document (local/openapi.py): the stack's own route, not the API's
         if method == "GET" and raw_path == OPENAPI_PATH:
-            return serve_openapi(environ, start_response)
+            return list(serve_openapi(environ, start_response))
         # ---
+        if raw_path.rstrip("/") == FAULTS_PATH:
+            return self._faults(method, body, start_response, trace_id)
         found = self.match(method, raw_path)
         if found is None:
-            return _json(start_response, 404, {"message": "Not Found"})
+            return _error(start_response, 404, "Not Found", trace_id)
         route, route_key, params = found
         event = build_event(environ, raw_path, route_key, params, body)
-        result, error = self.runtime.invoke(route.function, event)
+        try:
+            result, error = self.runtime.invoke(route.function, event)
+        except TooManyRequestsError:
+            retry = [("Retry-After", "1")]
+            return _error(start_response, 429, "Too Many Requests", trace_id, retry)
         if error is not None:
             # What CloudWatch Logs would show for the crashed invocation.
             print(json.dumps({"function": route.function, **error}), file=sys.stderr)
-            return _json(start_response, 500, {"message": "Internal Server Error"})
+            if error.get("errorType") == "Sandbox.Timedout":
+                return _error(start_response, 504, "Endpoint request timed out", trace_id)
+            return _error(start_response, 500, "Internal Server Error", trace_id)
         try:
             status, headers, payload = to_http(result)
-        except (TypeError, ValueError, KeyError):
-            return _json(start_response, 500, {"message": "Internal Server Error"})
+        except (TypeError, ValueError, KeyError, binascii.Error):
+            message = "The function returned an invalid proxy response"
+            return _error(start_response, 502, message, trace_id)
         headers.append(("apigw-requestid", event["requestContext"]["requestId"]))
         start_response(f"{status} {_reason(status)}", headers)
         return [payload]
+
+    def _faults(
+        self, method: str, body: bytes, start_response: StartResponse, trace_id: str
+    ) -> list[bytes]:
+        """`/_local/faults`: the local stack's function fault injection (see local.faults)."""
+        if method == "GET":
+            return _json(start_response, 200, {"data": FAULTS.snapshot()}, trace_id)
+        if method == "DELETE":
+            return _json(start_response, 200, {"deleted": FAULTS.clear()}, trace_id)
+        if method != "POST":
+            return _error(start_response, 405, "Use GET, POST or DELETE", trace_id)
+        try:
+            spec = json.loads(body or b"null")
+            if isinstance(spec, dict) and isinstance(spec.get("function"), str):
+                spec["function"] = self.runtime.function(spec["function"]).logical_id
+            fault = FAULTS.add(spec)
+        except UnknownFunctionError as exc:
+            return _error(start_response, 400, f"unknown function {exc.args[0]}", trace_id)
+        except (ValueError, FaultError) as exc:
+            return _error(start_response, 400, str(exc), trace_id)
+        return _json(start_response, 201, fault.to_json(), trace_id)
+
+
+def _request_head_size(environ: Environ) -> int:
+    """Request line plus header values, as API Gateway counts them for its 10 KB quota."""
+    line = len(environ.get("REQUEST_METHOD", "")) + len(environ.get("RAW_URI") or "")
+    values = sum(
+        len(str(v)) for k, v in environ.items() if k.startswith("HTTP_") or k == "CONTENT_TYPE"
+    )
+    return line + values
 
 
 def _headers(environ: Environ) -> dict[str, str]:
@@ -226,7 +354,7 @@ class ApiHandle:
 def serve_api(template: Template, runtime: LambdaRuntime, port: int = 0) -> ApiHandle:
     """Serve the API on 127.0.0.1:port (0 = ephemeral); raises OSError if the port is taken."""
     app = ApiGateway(template, runtime)
-    server, thread = serve_wsgi(app, port)
+    server, thread = serve_wsgi(app, port, ApiRequestHandler)
     return ApiHandle(
         f"http://127.0.0.1:{server.server_port}", server.server_port, app, server, thread
     )

@@ -3,18 +3,24 @@
 A WSGI middleware in front of moto
   (a) serialises DynamoDB requests with one lock: moto takes no lock around a request,
       so concurrent conditional writes would race; AWS evaluates them atomically;
-  (b) answers Lambda Invoke from the in-process LambdaRuntime (moto's Lambda needs Docker);
+  (b) answers Lambda Invoke from the stack's runtime (moto's Lambda needs Docker): the
+      in-process LambdaRuntime or the process-per-environment ProcessRuntime;
   (c) implements StartSyncExecution (moto's server does not route it) by running moto's own
-      ASL interpreter inline.
-moto's interpreter calls Lambda with boto3 at http://localhost:$MOTO_PORT, so the Invoke
+      ASL interpreter inline;
+  (d) fires AWS-call faults (local.faults): the calling execution environment is the one
+      whose access key signed the request (each environment has its own);
+  (e) frees, at most once a second, what moto keeps for no one (local.moto_patches).
+moto's interpreter calls Lambda with boto3 at http://127.0.0.1:$MOTO_PORT, so the Invoke
 comes back through (b). moto keeps state in process-global backends: run one emulator per
 process at a time (start resets every backend).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
+import io
 import json
 import os
 import re
@@ -25,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import boto3
 from moto.core.config import default_user_config
@@ -40,14 +46,16 @@ from moto.stepfunctions.parser.backend.execution import SyncExecution
 from moto.stepfunctions.responses import get_backend
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from local.runtime import LambdaRuntime, UnknownFunctionError
+from local import moto_patches
+from local.faults import CALLERS, FAULTS, AwsCall, Caller, Fault
+from local.runtime import LambdaRuntime, TooManyRequestsError, UnknownFunctionError
 from local.template import ACCOUNT, REGION, Template, load_template
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
-KEEP_EXECUTIONS = 1000  # per state machine, newest kept (load tests run many thousands)
+KEEP_EXECUTIONS = 100  # per state machine, newest kept (~30 KB each); AWS lists no Express ones
 _INVOKE = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 # moto accepts any credentials; these mark the traffic as local.
 _FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -74,10 +82,12 @@ def check_port_free(port: int) -> None:
         probe.bind(("127.0.0.1", port))
 
 
-def serve_wsgi(app: WsgiApp, port: int) -> tuple[BaseWSGIServer, threading.Thread]:
+def serve_wsgi(
+    app: WsgiApp, port: int, handler: type[QuietHandler] = QuietHandler
+) -> tuple[BaseWSGIServer, threading.Thread]:
     """Serve on 127.0.0.1 only, one thread per request, from a daemon thread."""
     check_port_free(port)
-    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=QuietHandler)
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server, thread
@@ -119,6 +129,23 @@ class AwsMiddleware:
         self.dynamodb_lock = threading.Lock()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        moto_patches.housekeeping()  # at most once a second: what moto would keep forever
+        hit = aws_call_fault(environ) if FAULTS else None
+        if hit is None:
+            return self._route(environ, start_response)
+        caller, fault = hit
+        if fault.action == "delay":
+            time.sleep(fault.delay_ms / 1000)
+            return self._route(environ, start_response)
+        if fault.action == "crash_before":
+            caller.crash()  # the call is never performed
+            err = {"__type": "ServiceUnavailable", "message": "caller was killed by a fault"}
+            return _json_response(start_response, "503 Service Unavailable", err)
+        body = b"".join(self._route(environ, start_response))  # performed...
+        caller.crash()  # ...and the caller dies before the answer reaches it
+        return [body]
+
+    def _route(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         match = _INVOKE.match(environ.get("PATH_INFO", ""))
         if match and environ.get("REQUEST_METHOD") == "POST":
@@ -149,15 +176,29 @@ class AwsMiddleware:
             start_response("204 No Content", [])
             return []
         if kind == "Event":  # asynchronous: accept now, run in the background
-            threading.Thread(target=self.runtime.invoke, args=(name, payload), daemon=True).start()
+            threading.Thread(target=self._invoke_async, args=(name, payload), daemon=True).start()
             start_response("202 Accepted", [("Content-Length", "0")])
             return []
-        result, error = self.runtime.invoke(name, payload)
+        try:
+            result, error = self.runtime.invoke(name, payload)
+        except TooManyRequestsError:
+            err = {
+                "Type": "User",
+                "message": "Rate Exceeded.",
+                "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+            }
+            hdr = [("x-amzn-ErrorType", "TooManyRequestsException")]
+            return _json_response(start_response, "429 Too Many Requests", err, hdr)
         headers = [("X-Amz-Executed-Version", "$LATEST")]
         if error is not None:
             headers.append(("X-Amz-Function-Error", "Unhandled"))
             return _json_response(start_response, "200 OK", error, headers)
         return _json_response(start_response, "200 OK", result, headers)
+
+    def _invoke_async(self, name: str, payload: Any) -> None:
+        # Lambda's async queue retries throttles; locally a throttled event is dropped.
+        with contextlib.suppress(TooManyRequestsError):
+            self.runtime.invoke(name, payload)
 
     def _start_sync(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
         try:
@@ -175,6 +216,37 @@ class AwsMiddleware:
             err = {"__type": "InvalidExecutionInput", "message": str(exc)}
             return _json_response(start_response, "400 Bad Request", err)
         return _json_response(start_response, "200 OK", output)
+
+
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/[^/]+/[^/]+/([^/]+)/aws4_request")
+
+
+def aws_call_of(environ: Environ) -> tuple[str, AwsCall] | None:
+    """(access key id, call) of a SigV4-signed request: who calls what."""
+    match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+    if match is None:
+        return None
+    access_key, service = match.groups()
+    prefix, _, operation = environ.get("HTTP_X_AMZ_TARGET", "").partition(".")
+    if not operation and _INVOKE.match(environ.get("PATH_INFO", "")):
+        operation = "Invoke"  # Lambda's REST API has no X-Amz-Target
+    if not operation:
+        operation = dict(parse_qsl(environ.get("QUERY_STRING", ""))).get("Action", "")
+    return access_key, AwsCall(service, prefix, operation)
+
+
+def aws_call_fault(environ: Environ) -> tuple[Caller, Fault] | None:
+    """The environment making this AWS call and the fault that fires for it, if any."""
+    found = aws_call_of(environ)
+    caller = CALLERS.get(found[0]) if found else None
+    if found is None or caller is None:
+        return None
+    raw = _read_body(environ)
+    environ["wsgi.input"] = io.BytesIO(raw)  # moto reads it again
+    environ["CONTENT_LENGTH"] = str(len(raw))
+    texts = (caller.current_payload(), raw.decode("utf-8", "replace"))
+    fault = FAULTS.for_aws_call(caller.function, found[1], texts)
+    return None if fault is None else (caller, fault)
 
 
 def start_sync_execution(
@@ -334,7 +406,9 @@ def start_emulator(
     `isolated`, one process per execution environment (`ProcessRuntime`, for `make run`).
     `runtime` replaces both (tests use a fake).
     """
+    moto_patches.apply()  # bounded memory and O(1) transactions (see local.moto_patches)
     moto_api_backend.reset()  # moto state is process-global
+    FAULTS.clear()  # so is the fault table: a new stack starts without faults
     default_user_config["stepfunctions"] = {"execute_state_machine": True}
     overrides = dict(env_overrides or {})
     template = load_template(template_path, overrides)

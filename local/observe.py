@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from local.stack import PortInUseError, StackHandle, banner, start_stack
+from local.stack import (
+    PortInUseError,
+    StackHandle,
+    banner,
+    port_from_env,
+    stack_ports,
+    start_stack,
+    stop_signals,
+)
+from local.workers import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 OBSERVABILITY = ROOT / "observability"
@@ -142,15 +148,15 @@ def start_monitoring(
 
 def main() -> int:
     began = time.monotonic()
-    prometheus_port = int(os.environ.get("PROMETHEUS_PORT", "9090"))
-    alertmanager_port = int(os.environ.get("ALERTMANAGER_PORT", "9093"))
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        prometheus_port = port_from_env(os.environ, "PROMETHEUS_PORT", 9090)
+        alertmanager_port = port_from_env(os.environ, "ALERTMANAGER_PORT", 9093)
+        port, sim_port, aws_port = stack_ports(os.environ)
+        Limits.from_env(os.environ)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stopping = stop_signals()
     try:
         processes = start_monitoring(prometheus_port, alertmanager_port)
     except ObserveError as exc:
@@ -160,11 +166,14 @@ def main() -> int:
     try:
         write_url = f"http://127.0.0.1:{prometheus_port}/api/v1/write"
         os.environ["PROMETHEUS_REMOTE_WRITE_URL"] = write_url
+        # One process per execution environment, as `make run`: series carry each
+        # function's own labels and every environment counts its own cold start.
         stack = start_stack(
-            port=int(os.environ.get("PAYMENTS_PORT", "3000")),
-            sim_port=int(os.environ.get("STRIPE_SIM_PORT", "12111")),
-            aws_port=int(os.environ.get("AWS_EMULATOR_PORT", "0")),
+            port,
+            sim_port,
+            aws_port,
             env_overrides={"PROMETHEUS_REMOTE_WRITE_URL": write_url},
+            isolated=True,
         )
         print(banner(stack, time.monotonic() - began), flush=True)
         print(

@@ -10,6 +10,11 @@ applied once at start (shared names agree in our template); per-function variabl
 as AWS_LAMBDA_FUNCTION_NAME are not set. Timeouts are reported through the context but
 not enforced (a Python thread cannot be killed). Layer modules (payments.*) are shared by
 all environments of the process.
+
+Invocation faults of `local.faults` apply here too (crash_before: an ExitError without
+running; crash_after: the handler runs, its result is dropped and its module object is not
+reused; delay); AWS-call faults need the process runtime, whose environments the AWS
+middleware can tell apart.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from local.faults import FAULTS, exit_error
 from local.template import Function, Template
 
 Handler = Callable[[Any, Any], Any]
@@ -72,6 +78,11 @@ class LambdaContext:
 
 class UnknownFunctionError(KeyError):
     """No function of that name/ARN in the template (Lambda: ResourceNotFoundException)."""
+
+
+class TooManyRequestsError(RuntimeError):
+    """Every environment the function may have is busy, for longer than the queue allows
+    (Lambda: TooManyRequestsException, reason ReservedFunctionConcurrentInvocationLimitExceeded)."""
 
 
 def error_payload(exc: BaseException, error_type: str | None = None) -> dict[str, Any]:
@@ -137,18 +148,28 @@ class LambdaRuntime:
         Decimal fails here exactly as it would in AWS (Runtime.MarshalError).
         """
         fn = self.function(name_or_arn)
-        event = json.loads(json.dumps(payload))
+        data = json.dumps(payload)
+        event = json.loads(data)
         ctx = LambdaContext(fn.logical_id, fn.arn, fn.memory, fn.timeout)
+        fault = FAULTS.for_invocation(fn.logical_id, event, data) if FAULTS else None
+        if fault is not None and fault.action == "crash_before":
+            return None, exit_error(ctx.aws_request_id)  # nothing ran; no environment used
+        if fault is not None and fault.action == "delay":
+            time.sleep(fault.delay_ms / 1000)  # counts toward the context's remaining time
         try:
             handler = self._acquire(fn)
         except Exception as exc:
             return None, error_payload(exc, "Runtime.ImportModuleError")
+        crashed = fault is not None and fault.action == "crash_after"
         try:
             result = handler(event, ctx)
         except Exception as exc:
-            return None, error_payload(exc)
+            return None, exit_error(ctx.aws_request_id) if crashed else error_payload(exc)
         finally:
-            self._release(fn, handler)
+            if not crashed:  # a "killed" environment is not reused: its module state is gone
+                self._release(fn, handler)
+        if crashed:
+            return None, exit_error(ctx.aws_request_id)  # side effects happened; answer lost
         try:
             return json.loads(json.dumps(result)), None
         except (TypeError, ValueError) as exc:

@@ -1,8 +1,11 @@
 """`python -m local.stack` (`make run`): the whole platform on 127.0.0.1, no Docker.
 
-AWS emulator (moto + in-process Lambda) + Stripe simulator + API Gateway emulator.
+AWS emulator (moto; every Lambda execution environment its own `awslambdaric` process) +
+Stripe simulator + API Gateway emulator (with `/_local/faults`, see local.faults).
 Ports: PAYMENTS_PORT (API, default 3000), STRIPE_SIM_PORT (default 12111),
-AWS_EMULATOR_PORT (default ephemeral).
+AWS_EMULATOR_PORT (default ephemeral). Runtime knobs: LOCAL_MAX_ENVIRONMENTS,
+LOCAL_MAX_COLD_STARTS, LOCAL_QUEUE_TIMEOUT_SECONDS, LOCAL_IDLE_TIMEOUT_SECONDS,
+LOCAL_REPORT_LINES (local.workers).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 from local.api import ApiHandle, serve_api
 from local.aws import EmulatorHandle, check_port_free, start_emulator
 from local.scheduler import Scheduler, schedules
+from local.workers import Limits
 
 LOCAL_STRIPE_KEY = "sk_test_local"
 LOCAL_WEBHOOK_SECRET = "whsec_local_secret"  # noqa: S105 - the local simulator's test secret
@@ -179,22 +183,38 @@ def banner(stack: StackHandle, seconds: float) -> str:
             f'  faults:          curl -X POST {stack.sim_url}/_sim/fault -d \'{{"mode":"error"}}\'',
             f'                   curl -X POST {stack.sim_url}/_sim/fault -d \'{{"mode":"none"}}\'',
         ]
-    lines.append(f"Try                curl {stack.api_url}/health      (Ctrl-C stops)")
+    fault = '{"function":"ChannelFunction","step":"ChannelPayment","action":"crash_after"}'
+    lines += [
+        f"Function faults    curl -X POST {stack.api_url}/_local/faults -d '{fault}'",
+        f"                   curl {stack.api_url}/_local/faults   (GET lists, DELETE clears)",
+        f"Try                curl {stack.api_url}/health      (Ctrl-C stops)",
+    ]
     return "\n".join(lines)
 
 
-def main() -> int:
-    began = time.monotonic()
-    try:
-        stack = start_stack(
-            port=int(os.environ.get("PAYMENTS_PORT", "3000")),
-            sim_port=int(os.environ.get("STRIPE_SIM_PORT", "12111")),
-            aws_port=int(os.environ.get("AWS_EMULATOR_PORT", "0")),
-            isolated=True,
-        )
-    except PortInUseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+def port_from_env(environ: Mapping[str, str], name: str, default: int) -> int:
+    """A port number from the environment; ValueError (one line) when it is not one."""
+    raw = environ.get(name, "").strip() or str(default)
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ValueError(f"{name} must be a port number from 0 to 65535, got {raw!r}")
+    return int(raw)
+
+
+def stack_ports(environ: Mapping[str, str]) -> tuple[int, int, int]:
+    """(API, Stripe simulator, AWS emulator) ports from PAYMENTS_PORT & co."""
+    return (
+        port_from_env(environ, "PAYMENTS_PORT", 3000),
+        port_from_env(environ, "STRIPE_SIM_PORT", 12111),
+        port_from_env(environ, "AWS_EMULATOR_PORT", 0),
+    )
+
+
+def stop_signals() -> threading.Event:
+    """SIGINT/SIGTERM set the returned event instead of raising KeyboardInterrupt anywhere.
+
+    The execution environments run in their own sessions, so a terminal's Ctrl-C reaches
+    this process only; stopping the stack ends them (Lambda's SHUTDOWN, then SIGKILL).
+    """
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -202,10 +222,30 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    print(banner(stack, time.monotonic() - began), flush=True)
-    while not stopping.wait(0.5):
-        pass
-    stack.stop()
+    return stopping
+
+
+def main() -> int:
+    began = time.monotonic()
+    try:
+        port, sim_port, aws_port = stack_ports(os.environ)
+        Limits.from_env(os.environ)  # the runtime's knobs: a bad one is a one-line error too
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stopping = stop_signals()  # before the (slow) start: a Ctrl-C then is no traceback either
+    try:
+        stack = start_stack(port, sim_port, aws_port, isolated=True)
+    except PortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if not stopping.is_set():
+            print(banner(stack, time.monotonic() - began), flush=True)
+        while not stopping.wait(0.5):
+            pass
+    finally:
+        stack.stop()
     print("stopped", flush=True)
     return 0
 

@@ -50,6 +50,7 @@ class Function:
     timeout: int
     memory: int
     environment: dict[str, str]
+    reserved_concurrency: int | None = None  # ReservedConcurrentExecutions, when set
 
     @property
     def arn(self) -> str:
@@ -276,8 +277,14 @@ def _functions(
             timeout=int(res.resolve(props.get("Timeout", 3))),
             memory=int(res.resolve(props.get("MemorySize", 128))),
             environment=env,
+            reserved_concurrency=_reserved(res.resolve(props.get("ReservedConcurrentExecutions"))),
         )
     return out
+
+
+def _reserved(value: Any) -> int | None:
+    """ReservedConcurrentExecutions (AWS::NoValue and absent alike mean "not set")."""
+    return None if value in (None, "") else int(value)
 
 
 def _routes(res: _Resolver) -> list[Route]:

@@ -410,3 +410,17 @@ def test_items_left_for_an_operator_never_block_newer_ones(platform: Platform) -
     assert platform.get_payment(fresh["payment_no"])[1]["status"] == "succeeded"
     assert all(platform.get_payment(p)[1]["status"] == "processing" for p in stuck)
     assert metric("payments_unresolved", kind="payment") >= 3  # still counted and alerted
+
+
+def test_a_charge_for_an_order_already_cancelled_is_refunded_not_lost(platform: Platform) -> None:
+    from payments.logic import orders as order_logic
+
+    body = payment_body()
+    platform.add_fault("error_after", count=1, match=body["merchant_order_no"])
+    _, answer, _ = platform.pay(**body)
+    order_logic.cancel(answer["order_no"], services.order_store())  # as a compensation would
+    time.sleep(0.3)
+    assert reconciler().reconcile_payment(answer["payment_no"]) is Outcome.LATE_CHARGE_REFUNDED
+    assert platform.get_payment(answer["payment_no"])[1]["status"] == "failed"
+    [intent] = intents_of(platform, answer["payment_no"])
+    assert sum(r["amount"] for r in intent["refunds"] if r["status"] == "succeeded") == 1999

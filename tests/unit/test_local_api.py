@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from werkzeug.test import Client
 
 from local.api import ApiGateway, serve_api, to_http
-from local.runtime import LambdaRuntime
+from local.runtime import LambdaRuntime, TooManyRequestsError
 from local.template import load_template
 
 TEMPLATE = """\
@@ -116,10 +118,30 @@ def test_wrong_method_reaches_function_as_default(api: ApiGateway) -> None:
     assert resp.headers["X-Route"] == "$default"
 
 
+TRACE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _emulator_error(resp: Any, status: int, code: str) -> str:
+    """The emulator's own error: the platform's shape, X-Trace-ID matching trace_id."""
+    assert resp.status_code == status
+    assert resp.headers["Content-Type"] == "application/json"
+    body = json.loads(resp.data if hasattr(resp, "data") else resp.content)
+    assert body["error"]["code"] == code and body["error"]["message"]
+    assert TRACE.match(body["trace_id"]) and resp.headers["X-Trace-ID"] == body["trace_id"]
+    return str(body["trace_id"])
+
+
 def test_unknown_route_is_404(api: ApiGateway) -> None:
     resp = Client(api).get("/nope/x")
-    assert resp.status_code == 404
-    assert resp.json == {"message": "Not Found"}
+    _emulator_error(resp, 404, "not_found")
+
+
+def test_errors_carry_the_incoming_trace_id(api: ApiGateway) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = [("traceparent", f"00-{trace}-00f067aa0ba902b7-01")]
+    assert _emulator_error(Client(api).get("/nope", headers=headers), 404, "not_found") == trace
+    bogus = [("traceparent", "00-" + "0" * 32 + "-00f067aa0ba902b7-01")]
+    assert _emulator_error(Client(api).get("/nope", headers=bogus), 404, "not_found") != "0" * 32
 
 
 def test_greedy_and_base64_result(api: ApiGateway) -> None:
@@ -132,8 +154,7 @@ def test_crash_is_opaque_500_and_bare_result_is_200(
 ) -> None:
     client = Client(api)
     crash = client.get("/items/1?crash=1")
-    assert crash.status_code == 500
-    assert crash.json == {"message": "Internal Server Error"}
+    _emulator_error(crash, 500, "internal_error")
     assert b"secret" not in crash.data
     logged = json.loads(capsys.readouterr().err.strip().splitlines()[-1])  # the function's log
     assert logged["function"] == "EchoFunction" and logged["errorType"] == "RuntimeError"
@@ -143,7 +164,55 @@ def test_crash_is_opaque_500_and_bare_result_is_200(
 
 def test_body_limit(api: ApiGateway) -> None:
     resp = Client(api).post("/items", data=b"x" * (10 * 1024 * 1024 + 1))
-    assert resp.status_code == 413
+    _emulator_error(resp, 413, "payload_too_large")
+
+
+class _Canned:
+    """A runtime answering every invocation with one fixed outcome."""
+
+    def __init__(self, template: Any, outcome: Any) -> None:
+        self.template, self.outcome = template, outcome
+
+    def function(self, name: str) -> Any:
+        return self.template.find_function(name)
+
+    def invoke(self, name: str, payload: Any) -> tuple[Any, Any]:
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+def test_timeouts_bad_results_and_throttles(api: ApiGateway) -> None:
+    template = api.runtime.template
+    timed_out = {
+        "errorType": "Sandbox.Timedout",
+        "errorMessage": "Task timed out after 3.00 seconds",
+    }
+    for outcome, status, code in (
+        ((None, timed_out), 504, "gateway_timeout"),
+        (({"statusCode": 200, "body": {"not": "a string"}}, None), 502, "bad_gateway"),
+        (({"statusCode": "two hundred"}, None), 502, "bad_gateway"),
+        (({"statusCode": 200, "body": "abc", "isBase64Encoded": True}, None), 502, "bad_gateway"),
+        (TooManyRequestsError("EchoFunction"), 429, "too_many_requests"),
+    ):
+        resp = Client(ApiGateway(template, _Canned(template, outcome))).get("/items/1")  # type: ignore[arg-type]
+        _emulator_error(resp, status, code)
+    throttled = Client(ApiGateway(template, _Canned(template, TooManyRequestsError("x")))).get("/")  # type: ignore[arg-type]
+    assert throttled.headers["Retry-After"] == "1"
+
+
+def test_oversized_headers_are_json_431(api: ApiGateway) -> None:
+    handle = serve_api(api.runtime.template, api.runtime)
+    try:
+        # Over API Gateway's 10 KB quota for request line + header values: the app answers.
+        resp = requests.get(f"{handle.url}/items/7", headers={"X-Big": "a" * 11000}, timeout=5)
+        _emulator_error(resp, 431, "request_header_fields_too_large")
+        # Over http.server's 64 KB header line limit: answered before the app runs.
+        resp = requests.get(f"{handle.url}/items/7", headers={"X-Huge": "a" * 70000}, timeout=5)
+        _emulator_error(resp, 431, "request_header_fields_too_large")
+        assert requests.get(f"{handle.url}/items/7", timeout=5).status_code == 201
+    finally:
+        handle.stop()
 
 
 def test_to_http_defaults() -> None:

@@ -69,6 +69,7 @@ def test_banner_names_urls_key_and_fault_knob(stack: StackHandle) -> None:
     text = banner(stack, 1.23)
     assert stack.api_url in text and "mk_demo" in text and "sk_demo_secret" in text
     assert f"{stack.sim_url}/_sim/fault" in text and "1.2s" in text
+    assert f"curl -X POST {stack.api_url}/_local/faults -d" in text
 
 
 def test_function_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,7 +104,55 @@ def test_port_in_use_is_one_line_error(
     assert err == f"error: API port {port} is already in use"
 
 
-def test_run_and_sigterm_exit_zero() -> None:
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PAYMENTS_PORT", "abc"), ("STRIPE_SIM_PORT", "70000"), ("LOCAL_MAX_ENVIRONMENTS", "0")],
+)
+def test_bad_settings_are_one_line_errors(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert stack_mod.main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {name} must be") and repr(value) in err
+    assert err.count("\n") == 1
+
+
+def test_observe_rejects_bad_ports_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from local import observe
+
+    monkeypatch.setenv("PROMETHEUS_PORT", "-1")
+    assert observe.main() == 2
+    assert (
+        capsys.readouterr().err
+        == "error: PROMETHEUS_PORT must be a port number from 0 to 65535, got '-1'\n"
+    )
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_run_and_stop_cleanly(how: str, tmp_path: Path) -> None:
     env = {
         **os.environ,
         "PAYMENTS_PORT": "0",
@@ -111,23 +160,35 @@ def test_run_and_sigterm_exit_zero() -> None:
         "AWS_EMULATOR_PORT": "0",
         "PYTHONPATH": f"{ROOT / 'layers' / 'common'}{os.pathsep}{ROOT}",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "local.stack"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    stderr = tmp_path / "stderr.log"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "local.stack"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,  # its own group, as a shell job: Ctrl-C goes to the group
+        )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert first.startswith("Payments API")
         url = first.split()[2]
-        assert requests.get(f"{url}/health", timeout=10).status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert requests.get(f"{url}/health", timeout=30).status_code == 200
+        environments = _children(proc.pid)
+        assert environments  # the execution environments (awslambdaric processes)
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the foreground job
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read().strip().endswith("stopped")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    logged = stderr.read_text()
+    assert "Traceback" not in logged and "KeyboardInterrupt" not in logged, logged[-2000:]
+    assert not [pid for pid in environments if _alive(pid)]

@@ -146,7 +146,7 @@ def test_emf_output_file_for_the_local_stack(capsys, monkeypatch, tmp_path):
     target = tmp_path / "emf.jsonl"
     monkeypatch.setenv("EMF_OUTPUT_FILE", str(target))
     metrics.COLD_STARTS_TOTAL.inc(function="fn")
-    metrics.flush(0.2)
+    metrics.flush(5.0)
     assert capsys.readouterr().out == ""
     (doc,) = [json.loads(line) for line in target.read_text().splitlines()]
     assert doc["lambda_cold_starts_total"] == 1

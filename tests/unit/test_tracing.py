@@ -421,14 +421,16 @@ def test_flush_is_bounded_when_the_exporter_hangs(monkeypatch: pytest.MonkeyPatc
     try:
         tracing.setup("hang", exporters=[hanging])
         elapsed = []
-        for attempt in range(2):  # the second flush finds the first one still stuck
+        # The second flush finds the first one still stuck; its budget is long, so a wait
+        # would show whatever the machine's load.
+        for attempt, budget in enumerate((0.2, 5.0)):
             with tracing.get_tracer().start_as_current_span(f"s{attempt}"):
                 pass
             started = time.monotonic()
-            tracing.flush(0.2)
+            tracing.flush(budget)
             elapsed.append(time.monotonic() - started)
-        assert 0.15 <= elapsed[0] < 0.5, elapsed  # waited for the hung export, up to the bound
-        assert elapsed[1] < 0.05, elapsed  # and does not wait again while it is stuck
+        assert 0.15 <= elapsed[0] < 3.0, elapsed  # waited for the hung export, up to the bound
+        assert elapsed[1] < 2.5, elapsed  # and does not wait again while it is stuck
         assert hanging.calls == 1
     finally:
         hanging.release.set()
@@ -470,7 +472,7 @@ def test_flush_never_raises(monkeypatch: pytest.MonkeyPatch, configure: Configur
     tracing.setup("boom", exporters=[exploding])
     with tracing.get_tracer().start_as_current_span("s"):
         pass
-    tracing.flush(1.0)
+    tracing.flush(10.0)  # the export fails at once: the budget only bounds a loaded machine
     assert exploding.calls == 1
     (queue,) = observability.container().processor.queues
     assert len(queue) == 1  # kept for the next flush, not lost

@@ -46,6 +46,7 @@ from payments.store.payments import (
     AlreadySettled,
     Kind,
     PaymentStore,
+    SettlementConflict,
     UnresolvedRef,
 )
 
@@ -180,9 +181,20 @@ class Reconciler:
             logger.error("provider intent disagrees with the payment", extra={"intent": intent.id})
             return self._retry_later(payment_ref(payment), state, Outcome.MISMATCH)
         if intent is not None and intent.state is IntentState.SUCCEEDED:
-            settle_charged(
-                payment, payments=self.payments, orders=self.orders, channel_reference=intent.id
-            )
+            try:
+                settle_charged(
+                    payment, payments=self.payments, orders=self.orders, channel_reference=intent.id
+                )
+            except SettlementConflict:
+                # Its order was cancelled (the workflow saw a failure) yet the provider charged:
+                # the order cannot be paid any more, so the charge is a late one, refunded.
+                settle_not_charged(
+                    payment,
+                    payments=self.payments,
+                    orders=self.orders,
+                    failure_code="order_cancelled",
+                )
+                return self._late_charge_check(self.payments.get(payment.payment_no), intent.id)
             return Outcome.SUCCEEDED
         if intent is not None and intent.state is IntentState.FAILED:
             code = intent.decline_code or "card_declined"

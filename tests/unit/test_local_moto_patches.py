@@ -1,0 +1,155 @@
+"""local.moto_patches: transactions roll back per item, nothing is kept forever, parses cached."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from local import moto_patches
+from local.aws import EmulatorHandle, start_emulator
+
+TEMPLATE = """\
+Resources:
+  ItemsTable:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      TableName: items
+      AttributeDefinitions:
+        - {AttributeName: pk, AttributeType: S}
+        - {AttributeName: sk, AttributeType: S}
+      KeySchema: [{AttributeName: pk, KeyType: HASH}, {AttributeName: sk, KeyType: RANGE}]
+"""
+
+
+@pytest.fixture()
+def emulator(tmp_path: Path) -> Iterator[EmulatorHandle]:
+    (tmp_path / "template.yaml").write_text(TEMPLATE)
+    handle = start_emulator(str(tmp_path / "template.yaml"), runtime=object())
+    yield handle
+    handle.stop()
+
+
+def _key(pk: str) -> dict[str, Any]:
+    return {"pk": {"S": pk}, "sk": {"S": "s"}}
+
+
+def test_a_failed_transaction_restores_every_item_it_touched(emulator: EmulatorHandle) -> None:
+    ddb = emulator.client("dynamodb")
+    ddb.put_item(TableName="items", Item={**_key("a"), "n": {"N": "1"}})
+    ddb.put_item(TableName="items", Item={**_key("b"), "n": {"N": "1"}})
+    ddb.put_item(TableName="items", Item={**_key("c"), "n": {"N": "1"}})
+    with pytest.raises(ClientError) as exc:
+        ddb.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": "items", "Item": {**_key("new"), "n": {"N": "9"}}}},
+                {
+                    "Update": {
+                        "TableName": "items",
+                        "Key": _key("a"),
+                        "UpdateExpression": "SET n = :v",
+                        "ExpressionAttributeValues": {":v": {"N": "2"}},
+                    }
+                },
+                {"Delete": {"TableName": "items", "Key": _key("b")}},
+                {
+                    "ConditionCheck": {
+                        "TableName": "items",
+                        "Key": _key("c"),
+                        "ConditionExpression": "n = :x",
+                        "ExpressionAttributeValues": {":x": {"N": "5"}},
+                    }
+                },
+            ]
+        )
+    assert exc.value.response["Error"]["Code"] == "TransactionCanceledException"
+
+    def item(pk: str) -> Any:
+        return ddb.get_item(TableName="items", Key=_key(pk)).get("Item")
+
+    assert item("new") is None  # the put was undone
+    assert item("a")["n"] == {"N": "1"}  # the update was undone
+    assert item("b")["n"] == {"N": "1"}  # the delete was undone
+    with pytest.raises(ClientError) as exc:  # two operations on one item: moto's other path
+        ddb.transact_write_items(
+            TransactItems=[
+                {"Delete": {"TableName": "items", "Key": _key("a")}},
+                {"Delete": {"TableName": "items", "Key": _key("a")}},
+            ]
+        )
+    assert exc.value.response["Error"]["Code"] == "ValidationException"
+    assert item("a")["n"] == {"N": "1"}
+    ddb.transact_write_items(
+        TransactItems=[
+            {"Put": {"TableName": "items", "Item": {**_key("new"), "n": {"N": "9"}}}},
+            {"Delete": {"TableName": "items", "Key": _key("b")}},
+        ]
+    )
+    assert item("new")["n"] == {"N": "9"} and item("b") is None
+
+
+def test_transactions_copy_no_table_and_moto_keeps_no_instances(
+    emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto.dynamodb.models.dynamo_type import Item
+    from moto.dynamodb.models.table import Table
+
+    # No housekeeping from the emulator's own requests during the test: it runs it below.
+    monkeypatch.setattr(moto_patches, "_last_housekeeping", time.monotonic() + 3600)
+
+    ddb = emulator.client("dynamodb")
+    for i in range(50):
+        ddb.put_item(TableName="items", Item=_key(f"seed-{i}"))
+    tables_before = len(Table.instances_tracked)  # type: ignore[attr-defined]
+    for i in range(5):
+        ddb.transact_write_items(
+            TransactItems=[{"Put": {"TableName": "items", "Item": _key(f"tx-{i}")}}]
+        )
+    assert len(Table.instances_tracked) == tables_before  # type: ignore[attr-defined]
+    ddb.query(
+        TableName="items",
+        KeyConditionExpression="pk = :p",
+        ExpressionAttributeValues={":p": {"S": "seed-1"}},
+    )
+    assert Item.instances_tracked  # type: ignore[attr-defined]  # moto's copies, kept...
+    finished = threading.Thread(target=lambda: None)
+    finished.start()
+    finished.join()
+    from moto.stepfunctions.parser.utils import TMP_THREADS
+
+    TMP_THREADS.append(finished)
+    later = time.monotonic() + 7200
+    assert moto_patches.housekeeping(now=later)  # ...until housekeeping
+    assert not Item.instances_tracked  # type: ignore[attr-defined]
+    assert finished not in TMP_THREADS
+    assert not moto_patches.housekeeping(now=later + 0.5)  # at most once a second
+
+
+def test_definitions_are_parsed_once(emulator: EmulatorHandle) -> None:
+    from moto.stepfunctions.parser.asl.parse.asl_parser import (
+        AmazonStateLanguageParser,
+        ASLParserException,
+    )
+
+    definition = json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}})
+    first = AmazonStateLanguageParser.parse(definition)
+    assert AmazonStateLanguageParser.parse(definition) is first
+    for _ in range(2):  # an invalid definition raises every time (errors are not cached)
+        with pytest.raises(ASLParserException):
+            AmazonStateLanguageParser.parse('{"StartAt": ')
+    sfn = emulator.client("stepfunctions")
+    arn = sfn.create_state_machine(
+        name="pass",
+        definition=definition,
+        type="EXPRESS",
+        roleArn="arn:aws:iam::123456789012:role/x",
+    )["stateMachineArn"]
+    for value in (1, 2):  # a cached program still evaluates each execution on its own input
+        out = sfn.start_sync_execution(stateMachineArn=arn, input=json.dumps({"v": value}))
+        assert json.loads(out["output"]) == {"v": value}
