@@ -17,11 +17,14 @@ provider must agree on every single payment:
 from __future__ import annotations
 
 import itertools
+import json
+import statistics
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +229,29 @@ def _converge(stack: Stack, cases: list[Case], deadline: float) -> list[dict[str
         time.sleep(1.0)
 
 
+def _seconds(start: str, end: str) -> float:
+    parse = datetime.fromisoformat
+    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def _latency_report(stack: Stack, cases: list[Case]) -> dict[str, Any]:
+    """Created → final (the payment's own timestamps) for the payments whose request did not
+    end final: a 202 processing, or a crash that answered 5xx / dropped the connection."""
+    by_outcome: dict[str, list[float]] = {"charged": [], "not_charged": []}
+    for case in cases:
+        if case.kind != "payment" or 200 <= case.status < 500 and case.status != 202:
+            continue
+        for payment in _ledger(stack, case):
+            charged = payment["status"] in ("succeeded", "partially_refunded", "refunded")
+            elapsed = _seconds(payment["created_at"], payment["updated_at"])
+            by_outcome["charged" if charged else "not_charged"].append(round(elapsed, 1))
+    return {
+        outcome: {"n": len(xs), "p50_s": round(statistics.median(xs), 1), "max_s": max(xs)}
+        for outcome, xs in by_outcome.items()
+        if xs
+    } | {"no_charge_after_s": float(ENV["RECONCILE_NO_CHARGE_AFTER_SECONDS"])}
+
+
 def _violations(stack: Stack, case: Case, intents: list[dict[str, Any]]) -> list[str]:
     problems = []
     for payment in _ledger(stack, case):
@@ -270,5 +296,11 @@ def test_crash_and_fault_matrix_converges_to_the_providers_truth(
     report = {case.name: _violations(stack, case, intents) for case in cases}
     broken = {name: problems for name, problems in report.items() if problems}
     (tmp_path / "matrix.txt").write_text("\n".join(f"{c.name} -> HTTP {c.status}" for c in cases))
+    # The figures of the closing note / README: reconciliation latency under this matrix.
+    report_file = Path(".local") / "fault-matrix.json"
+    report_file.parent.mkdir(exist_ok=True)
+    latency = {"cases": len(cases), "broken": len(broken), **_latency_report(stack, cases)}
+    report_file.write_text(json.dumps(latency, indent=2) + "\n")
+    print(f"fault matrix: {json.dumps(latency)}")
     assert not broken, broken
     assert len(cases) == (len(PAYMENT_CRASHES) + len(REFUND_CRASHES)) * len(PROVIDER)
