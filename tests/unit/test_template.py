@@ -420,6 +420,25 @@ def test_function_permissions_are_scoped(transformed: dict[str, Any]) -> None:
     assert not any(starts_workflow(fn) for fn in FUNCTIONS if fn != "CreatePaymentFunction")
 
 
+def test_series_slots_are_on_with_remote_write_and_scoped_to_their_items(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["PROMETHEUS_INSTANCE_SLOTS"] == {"Ref": "PrometheusInstanceSlots"}
+    assert template["Parameters"]["PrometheusInstanceSlots"]["Default"] > 0
+    policy = resources["SeriesSlotPolicy"]
+    assert policy["Condition"] == "HasRemoteWrite"
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Condition"] == {
+        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["OBS#SLOTS#*"]}
+    }
+    conditional = {
+        "Fn::If": ["HasRemoteWrite", {"Ref": "SeriesSlotPolicy"}, {"Ref": "AWS::NoValue"}]
+    }
+    for fn in (name for name, r in resources.items() if r["Type"] == "AWS::Serverless::Function"):
+        assert conditional in resources[fn]["Properties"]["Policies"], fn
+
+
 # --- logs and outputs ----------------------------------------------------------------------
 
 
