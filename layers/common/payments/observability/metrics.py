@@ -578,6 +578,11 @@ def _remote_write(url: str, deadline: float) -> None:
     timeouts alone cannot. At most one write is in flight: a later flush skips while one
     is still running, and the next successful write carries the cumulative state anyway.
     """
+    # Imported here, before _LOCK is taken: the first import of the remote-write stack
+    # (requests, cramjam) takes hundreds of ms in a cold, loaded environment, and under
+    # the lock it would hold back every recording meanwhile, the extension's own
+    # bookkeeping before it may call event/next included.
+    from payments.observability import remote_write  # noqa: F401 - loaded outside _LOCK
 
     outcome: list[remote_write.Outcome] = []
     with _LOCK:
