@@ -375,6 +375,23 @@ def test_remote_write_at_most_once_per_interval(receiver, monkeypatch, capsys):
     assert samples[-1][0] == 2.0
 
 
+def test_the_shutdown_flush_writes_within_the_interval(receiver, monkeypatch, capsys):
+    """The SIGTERM flush is the environment's last: what was recorded since the last write
+    must leave with it, however recent that write was."""
+    monkeypatch.setenv("PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS", "3600")
+    obs = observability.container()
+    obs.refresh_settings()
+    metrics.PAYMENT_TOTAL.inc(status="success", channel="stripe", currency="USD")
+    metrics.flush(1.0)
+    metrics.PAYMENT_TOTAL.inc(status="success", channel="stripe", currency="USD")
+    obs.flush(2.0)  # an ordinary flush within the interval: nothing on the wire
+    assert len(receiver.requests) == 1
+    obs.flush(2.0, final=True)
+    assert len(receiver.requests) == 2
+    samples = find(receiver.write_requests()[1], "payment_gateway_payment_total", status="success")
+    assert samples[-1][0] == 2.0
+
+
 def test_recording_never_waits_for_the_first_import_of_the_remote_write_stack(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

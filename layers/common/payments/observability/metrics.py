@@ -619,6 +619,13 @@ def _remote_write_due(interval: float) -> bool:
     return True
 
 
+def write_on_next_flush() -> None:
+    """The next flush writes regardless of the interval: the shutdown flush is the last one,
+    so what was recorded since the last write has no later write to leave with."""
+    with _LOCK:
+        _state.last_write_started = -math.inf
+
+
 def flush(timeout_seconds: float | None = None) -> None:
     """Export what was recorded: EMF deltas to stdout, cumulative state to Prometheus.
 
