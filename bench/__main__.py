@@ -1,4 +1,5 @@
-"""`make bench`: cold start, warm overhead, memory, export off the response path, series churn.
+"""`make bench`: cold start, warm overhead, memory, export off the response path, series churn,
+payments through the local stack with slow telemetry backends.
 
 Every figure is a median of repeated runs; every comparison is a ratio within the same run.
 Scale with BENCH_SCALE (default 1.0; e.g. 0.3 for a quick look). Loopback only.
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import coldstart, extension, memory, warm
+from bench import coldstart, extension, memory, slow, warm
 from bench.common import (
     FUNCTIONS,
     STRIPE_KEY,
@@ -101,7 +102,7 @@ def main() -> int:
     def scaled(value: int, minimum: int = 1) -> int:
         return max(minimum, int(value * scale))
 
-    # BENCH_ONLY=cold,warm,memory,extension,series runs a subset (default: everything).
+    # BENCH_ONLY=cold,warm,memory,extension,series,slow runs a subset (default: everything).
     only = {s for s in os.environ.get("BENCH_ONLY", "").split(",") if s}
 
     def wanted(section: str) -> bool:
@@ -143,6 +144,10 @@ def main() -> int:
         if wanted("series"):
             _log("series churn")
             results["series"] = run_child("bench.series", {})
+        if wanted("slow"):
+            _log("slow backends: payments through the process-isolated local stack")
+            spec = {"rounds": scaled(6, 2), "n": scaled(15, 5), "warmup": 5, "pause_s": 2.0}
+            results["slow_backends"] = run_child("bench.slow", spec, timeout=900)
     finally:
         sink.stop()
         slow.stop()
@@ -201,6 +206,8 @@ def report(results: Json) -> str:
         out += _extension_section(results["extension"])
     if "series" in results:
         out += _series_section(results["series"])
+    if "slow_backends" in results:
+        out += _slow_section(results["slow_backends"])
     return "\n".join(out)
 
 
@@ -307,6 +314,18 @@ def _series_section(e: Json) -> list[str]:
                 ]
             ],
         ),
+        "",
+    ]
+
+
+def _slow_section(e: Json) -> list[str]:
+    return [
+        "## 6. Slow backends: payments through the process-isolated local stack",
+        f"Sequential POST /api/v1/payments over HTTP, OTLP + remote-write receivers answering "
+        f"at once vs {e['delay_s'] * 1000:.0f} ms late; {e['rounds']} interleaved rounds x "
+        f"{e['n_per_round']} payments per variant; invocations, response path (Duration minus "
+        "post-runtime) and post-runtime from the stack's REPORT lines",
+        table(slow.HEADERS, slow.table_rows(e)),
         "",
     ]
 

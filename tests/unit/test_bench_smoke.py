@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench import coldstart, load, warm
+from bench import coldstart, load, slow, warm
 from bench.__main__ import report, run_extension, run_warm, warm_table
 from bench.common import (
     FUNCTIONS,
@@ -94,3 +94,13 @@ def test_load_runs_and_verifies() -> None:
     assert result["requests"] >= 1
     assert result["verification"]["payments_checked"] >= 1
     assert "Invariants" in load.report(result)
+
+
+def test_slow_backends_runs_and_reports() -> None:
+    result = run_child("bench.slow", {"rounds": 1, "n": 1, "warmup": 1, "pause_s": 0.1})
+    assert {name: e["statuses"] for name, e in result["variants"].items()} == {
+        name: {"201": 1} for name in slow.VARIANTS
+    }
+    assert all(e["invocations"] >= 2 for e in result["variants"].values())
+    text = report({"machine": machine(), "scale": 0.0, "slow_backends": result})
+    assert "Slow backends" in text and "+600 ms" in text

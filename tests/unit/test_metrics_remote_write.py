@@ -373,3 +373,60 @@ def test_remote_write_at_most_once_per_interval(receiver, monkeypatch, capsys):
     assert len(receiver.requests) == 2
     samples = find(receiver.write_requests()[1], "payment_gateway_payment_total", status="success")
     assert samples[-1][0] == 2.0
+
+
+def test_the_shutdown_flush_writes_within_the_interval(receiver, monkeypatch, capsys):
+    """The SIGTERM flush is the environment's last: what was recorded since the last write
+    must leave with it, however recent that write was."""
+    monkeypatch.setenv("PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS", "3600")
+    obs = observability.container()
+    obs.refresh_settings()
+    metrics.PAYMENT_TOTAL.inc(status="success", channel="stripe", currency="USD")
+    metrics.flush(1.0)
+    metrics.PAYMENT_TOTAL.inc(status="success", channel="stripe", currency="USD")
+    obs.flush(2.0)  # an ordinary flush within the interval: nothing on the wire
+    assert len(receiver.requests) == 1
+    obs.flush(2.0, final=True)
+    assert len(receiver.requests) == 2
+    samples = find(receiver.write_requests()[1], "payment_gateway_payment_total", status="success")
+    assert samples[-1][0] == 2.0
+
+
+def test_recording_never_waits_for_the_first_import_of_the_remote_write_stack(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold environment's first remote write imports requests, cramjam & co. (hundreds of
+    ms on a loaded machine). Recording a metric meanwhile (the handler, or the extension
+    noting its post-runtime time before it may call event/next) must not wait for it."""
+    import importlib.abc
+    import sys
+
+    import payments.observability as package
+
+    importing, release = threading.Event(), threading.Event()
+
+    class SlowImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+            if name == "payments.observability.remote_write":
+                importing.set()
+                release.wait(10)
+            return None  # then the normal finders import it
+
+    monkeypatch.delitem(sys.modules, "payments.observability.remote_write")
+    monkeypatch.delattr(package, "remote_write")
+    monkeypatch.setattr(sys, "meta_path", [SlowImport(), *sys.meta_path])
+    metrics.PAYMENT_TOTAL.inc(status="success", channel="stripe", currency="USD")
+    flusher = threading.Thread(target=metrics.flush, args=(10.0,), daemon=True)
+    flusher.start()
+    try:
+        assert importing.wait(5)
+        recorder = threading.Thread(
+            target=metrics.TELEMETRY_FLUSH_DURATION.observe, args=(0.1,), kwargs={"mode": "x"}
+        )
+        recorder.start()
+        recorder.join(5)
+        assert not recorder.is_alive(), "recording waited for the remote-write import"
+    finally:
+        release.set()
+        flusher.join(10)
+    assert len(receiver.requests) == 1  # and the write itself still went out

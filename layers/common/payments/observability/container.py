@@ -151,11 +151,16 @@ class Observability:
     def flush(self, budget_s: float | None = None, *, final: bool = False) -> FlushOutcome:
         """Export spans and metrics, waiting at most `budget_s` (default: the flush bound).
 
-        `final` (shutdown): also wait for exports already in flight and what follows them.
+        `final` (shutdown): also wait for exports already in flight and what follows them,
+        and remote-write even within PROMETHEUS_REMOTE_WRITE_INTERVAL_SECONDS.
         """
         if budget_s is None:
             budget_s = self.settings.flush_timeout_ms / 1000
         self._count_dropped()
+        if final:
+            from payments.observability import metrics
+
+            metrics.write_on_next_flush()
         return self.pipeline.flush(budget_s, behind_in_flight=final)
 
     def _count_dropped(self) -> None:

@@ -578,6 +578,11 @@ def _remote_write(url: str, deadline: float) -> None:
     timeouts alone cannot. At most one write is in flight: a later flush skips while one
     is still running, and the next successful write carries the cumulative state anyway.
     """
+    # Imported here, before _LOCK is taken: the first import of the remote-write stack
+    # (requests, cramjam) takes hundreds of ms in a cold, loaded environment, and under
+    # the lock it would hold back every recording meanwhile, the extension's own
+    # bookkeeping before it may call event/next included.
+    from payments.observability import remote_write  # noqa: F401 - loaded outside _LOCK
 
     outcome: list[remote_write.Outcome] = []
     with _LOCK:
@@ -612,6 +617,13 @@ def _remote_write_due(interval: float) -> bool:
             return False
         _state.last_write_started = now
     return True
+
+
+def write_on_next_flush() -> None:
+    """The next flush writes regardless of the interval: the shutdown flush is the last one,
+    so what was recorded since the last write has no later write to leave with."""
+    with _LOCK:
+        _state.last_write_started = -math.inf
 
 
 def flush(timeout_seconds: float | None = None) -> None:
