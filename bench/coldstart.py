@@ -24,6 +24,7 @@ baseline.
 from __future__ import annotations
 
 import compileall
+import functools
 import json
 import os
 import py_compile
@@ -32,11 +33,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.common import FUNCTIONS, ROOT, Json, median, percentile, ratio
+from bench.coldstubs import WEBHOOK_SECRET
+from bench.common import ROOT, STRIPE_KEY, Json, median, percentile, ratio
 
 VENV = ROOT / ".local" / "lambda-venv"
 PRELUDE = (
@@ -53,26 +55,58 @@ EPILOGUE = (
 )
 BASELINE = "import boto3\nboto3.client('dynamodb')\n"
 
-EVENTS = {
-    "create_payment": "from bench.common import create_payment_event as _e\n_event = _e()\n",
-    "refund": (
-        "from local.events import api_event as _a\n"
-        "_event = _a('POST', '/api/v1/payments/{payment_no}/refunds', "
-        "path='/api/v1/payments/pay_x/refunds', body={'amount': 1}, "
-        "path_params={'payment_no': 'pay_x'})\n"
-    ),
-    "risk_check": "_event = {'step': 'RiskCheck', 'trace_context': {}, 'payment': _P}\n",
-    "order": "_event = {'step': 'CreateOrder', 'trace_context': {}, 'payment': _P, "
-    "'action': 'create'}\n",
-    "channel": "_event = {'step': 'ChannelPayment', 'trace_context': {}, 'payment': _P, "
-    "'order': {'order_no': 'ord_0123456789abcdef01234567', 'status': 'created'}}\n",
-}
-PAYMENT = (
-    "_P = {'payment_no': 'pay_0123456789abcdef01234567', 'merchant_id': 'merch_demo', "
-    "'merchant_order_no': 'm-1', 'amount': 1999, 'currency': 'USD', 'channel': 'stripe', "
-    "'payment_method': 'pm_card_visa', 'customer': {'id': 'cus_1', 'country': 'US'}, "
-    "'created_at': '2026-01-01T00:00:00Z'}\n"
+FUNCTIONS = (
+    "create_payment",
+    "refund",
+    "risk_check",
+    "order",
+    "channel",
+    "webhooks",
+    "reconciler",
 )
+# Data layer of the first invocation: bench.fakes' in-memory stores, or the real stores
+# on a DynamoDB client answered in-process (bench.coldstubs: an empty table).
+FAKED = ("create_payment", "refund", "risk_check", "order")
+PAYMENT = {
+    "payment_no": "pay_0123456789abcdef01234567",
+    "merchant_id": "merch_demo",
+    "merchant_order_no": "m-1",
+    "amount": 1999,
+    "currency": "USD",
+    "channel": "stripe",
+    "payment_method": "pm_card_visa",
+    "customer": {"id": "cus_1", "country": "US"},
+    "created_at": "2026-01-01T00:00:00Z",
+}
+
+
+def event(function: str) -> dict[str, Any]:
+    """The first invocation's event, built by the bench (signed now), not by the variant."""
+    from bench.coldstubs import webhook_event
+    from bench.common import create_payment_event
+    from local.events import api_event
+
+    if function == "create_payment":
+        return create_payment_event()
+    if function == "refund":
+        return api_event(
+            "POST",
+            "/api/v1/payments/{payment_no}/refunds",
+            path="/api/v1/payments/pay_x/refunds",
+            body={"amount": 1},
+            path_params={"payment_no": "pay_x"},
+        )
+    if function == "webhooks":
+        return webhook_event()
+    if function == "reconciler":  # EventBridge Scheduler's input (template.yaml)
+        return {}
+    task: dict[str, Any] = {"trace_context": {}, "payment": PAYMENT}
+    if function == "risk_check":
+        return {"step": "RiskCheck", **task}
+    if function == "order":
+        return {"step": "CreateOrder", **task, "action": "create"}
+    order = {"order_no": "ord_0123456789abcdef01234567", "status": "created"}
+    return {"step": "ChannelPayment", **task, "order": order}
 
 
 def function_code(function: str) -> str:
@@ -82,16 +116,26 @@ def function_code(function: str) -> str:
         f"_spec = _u.spec_from_file_location('app', 'functions/{function}/app.py')",
         "_m = _u.module_from_spec(_spec)",
         "_spec.loader.exec_module(_m)",
+        "from payments.store import clients as _c",
+        "from bench.coldstubs import stub_dynamodb as _s",
+        "_s(_c.dynamodb())",
     ]
-    if function in ("create_payment", "refund", "risk_check", "order"):
-        lines += ["from payments.store import clients as _c", "_c.dynamodb()"]
     if function == "create_payment":
         lines.append("_c.stepfunctions()")
+    if function in FAKED:
+        lines += ["from bench import fakes as _f", "_f.install_loaded(_m)"]
     lines += [
-        "from bench import fakes as _f",
-        "_f.install_loaded(_m)",
-        PAYMENT + EVENTS[function],
-        f"_m.handler(_event, _f.Context({function!r}))",
+        f"_event = {event(function)!r}",
+        "class _Context:",
+        f"    function_name = {function!r}",
+        "    aws_request_id = 'bench-request'",
+        f"    invoked_function_arn = 'arn:aws:lambda:us-east-1:123456789012:function:{function}'",
+        "    memory_limit_in_mb = 256",
+        "    function_version = '$LATEST'",
+        f"    log_group_name = '/aws/lambda/{function}'",
+        "    log_stream_name = 'bench'",
+        "    def get_remaining_time_in_millis(self): return 30000",
+        "_m.handler(_event, _Context())",
     ]
     return "\n".join(lines) + "\n"
 
@@ -129,7 +173,7 @@ def compiled_copy(into: Path) -> Path:
     return into
 
 
-def _env(root: Path) -> dict[str, str]:
+def _env(root: Path, stripe_url: str = "http://127.0.0.1:9") -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PROMETHEUS_", "PYTHON"))
     }
@@ -146,7 +190,9 @@ def _env(root: Path) -> dict[str, str]:
             "OTEL_TRACES_SAMPLER": "parentbased_always_on",
             "PROMETHEUS_REMOTE_WRITE_URL": "http://127.0.0.1:9/api/v1/write",
             "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:bench",
-            "STRIPE_API_KEY": "sk_test_local",
+            "STRIPE_API_KEY": STRIPE_KEY,
+            "STRIPE_API_BASE": stripe_url,
+            "STRIPE_WEBHOOK_SECRETS": WEBHOOK_SECRET,
         }
     )
     return env
@@ -156,9 +202,10 @@ def _script(code: str) -> str:
     return PRELUDE + code + EPILOGUE
 
 
-def _wall(python: Path, code: str, root: Path) -> float:
+def _wall(python: Path, code: str, root: Path, stripe_url: str) -> float:
     proc = subprocess.run(
-        [str(python), "-c", _script(code)], cwd=root, env=_env(root), capture_output=True,
+        [str(python), "-c", _script(code)], cwd=root, env=_env(root, stripe_url),
+        capture_output=True,
         timeout=120, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -166,14 +213,15 @@ def _wall(python: Path, code: str, root: Path) -> float:
     return float(json.loads(proc.stdout.decode().strip().splitlines()[-1])["ms"])
 
 
-def _instructions(python: Path, code: str, root: Path) -> float:
+def _instructions(python: Path, code: str, root: Path, stripe_url: str) -> float:
     """Instructions executed by the whole process (valgrind callgrind, all threads)."""
     with tempfile.TemporaryDirectory(prefix="cg-") as tmp:
         out = Path(tmp) / "cg.out"
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(python)]
         proc = subprocess.run(
             [*argv, "-c", _script(code)],
-            cwd=root, env=_env(root), capture_output=True, timeout=900, check=False,
+            cwd=root, env=_env(root, stripe_url), capture_output=True, timeout=900,
+            check=False,
         )  # fmt: skip
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr.decode(errors="replace")[-1500:])
@@ -191,24 +239,37 @@ def run(
     callgrind: bool = True,
 ) -> Json:
     python = ensure_venv()
-    with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
-        root = compiled_copy(Path(tmp))
-        variants = {"empty": "", "baseline": BASELINE}
-        variants.update({f"fn:{fn}": function_code(fn) for fn in functions})
-        samples: dict[str, list[float]] = {name: [] for name in variants}
-        for round_no in range(runs):
-            order = list(variants)
-            order = order[round_no % len(order) :] + order[: round_no % len(order)]
-            for name in order:
-                samples[name].append(_wall(python, variants[name], root))
-            if progress is not None:
-                progress(f"cold start round {round_no + 1}/{runs}")
-        instructions: dict[str, float] = {}
-        if callgrind and shutil.which("valgrind"):
-            for name, code in variants.items():
-                instructions[name] = _instructions(python, code, root)
+    from local.stripe_sim import make_app, serve
+
+    # The channel function charges through the real client: a simulator on loopback (in
+    # this process, so the variants' instruction counts do not include it).
+    sim = serve("127.0.0.1", 0, app=make_app(STRIPE_KEY))
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
+            root = compiled_copy(Path(tmp))
+            # Code is generated per run: the API events are signed when the run starts.
+            variants: dict[str, Callable[[], str]] = {
+                "empty": lambda: "",
+                "baseline": lambda: BASELINE,
+            }
+            for fn in functions:
+                variants[f"fn:{fn}"] = functools.partial(function_code, fn)
+            samples: dict[str, list[float]] = {name: [] for name in variants}
+            for round_no in range(runs):
+                order = list(variants)
+                order = order[round_no % len(order) :] + order[: round_no % len(order)]
+                for name in order:
+                    samples[name].append(_wall(python, variants[name](), root, sim.url))
                 if progress is not None:
-                    progress(f"callgrind {name}")
+                    progress(f"cold start round {round_no + 1}/{runs}")
+            instructions: dict[str, float] = {}
+            if callgrind and shutil.which("valgrind"):
+                for name, code in variants.items():
+                    instructions[name] = _instructions(python, code(), root, sim.url)
+                    if progress is not None:
+                        progress(f"callgrind {name}")
+    finally:
+        sim.stop()
     return summarise(samples, instructions, runs)
 
 

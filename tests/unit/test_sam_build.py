@@ -50,6 +50,8 @@ def test_sam_build(tmp_path: Path) -> None:
         "RiskCheckFunction",
         "OrderFunction",
         "ChannelFunction",
+        "WebhookFunction",
+        "ReconcilerFunction",
     ):
         assert (build_dir / fn / "app.py").is_file()
         assert_unchecked_pyc(build_dir / fn / "app.py")

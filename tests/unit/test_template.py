@@ -241,6 +241,17 @@ def test_common_layer(resources: dict[str, Any]) -> None:
     assert (ROOT / "layers/common/payments").is_dir()
 
 
+def test_every_function_is_built_to_unchecked_hash_pyc(resources: dict[str, Any]) -> None:
+    """sam/Makefile compiles each function's sources at build time (SAM's python builder
+    ships sources only, which Lambda's read-only file system compiles on every cold start);
+    test_sam_build checks the artifacts."""
+    functions = _of_type(resources, "AWS::Serverless::Function")
+    assert len(functions) == 7
+    for name, fn in functions.items():
+        assert fn.get("Metadata", {}).get("BuildMethod") == "makefile", name
+        assert fn["Metadata"].get("ContextPath") == "sam", name
+
+
 # --- API -----------------------------------------------------------------------------------
 
 

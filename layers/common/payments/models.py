@@ -57,7 +57,15 @@ class RiskDecision(StrEnum):
     REJECT = "reject"
 
 
-class _Strict(BaseModel):
+class Model(BaseModel):
+    """Base of the layer's models. Validators are built on a model's first use, not at import:
+    each function's cold start uses a few of the models, and building the others' validators
+    would cost it as much as importing boto3 again."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class _Strict(Model):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
@@ -156,13 +164,13 @@ class RefundRequest(_Strict):
         return min(_integer_amount(value), money.MAX_AMOUNT + 1)
 
 
-class RiskAssessment(BaseModel):
+class RiskAssessment(Model):
     decision: RiskDecision
     score: Annotated[int, Field(ge=0, le=100)]
     reasons: list[str] = Field(default_factory=list)
 
 
-class Failure(BaseModel):
+class Failure(Model):
     """Why a step did not succeed: a stable code, and when a retry can succeed (seconds)."""
 
     code: str
@@ -170,7 +178,7 @@ class Failure(BaseModel):
     message: str = ""
 
 
-class Reconciliation(BaseModel):
+class Reconciliation(Model):
     """What the reconciler has learnt about an unresolved payment or refund so far."""
 
     attempts: int = 0
@@ -179,7 +187,7 @@ class Reconciliation(BaseModel):
     exhausted: bool = False  # retry budget spent: left for an operator, counted, alerted
 
 
-class Payment(BaseModel):
+class Payment(Model):
     """A stored payment. `refundable_amount` is the authority for refunds."""
 
     payment_no: str
@@ -233,7 +241,7 @@ class Payment(BaseModel):
         }
 
 
-class Order(BaseModel):
+class Order(Model):
     order_no: str
     payment_no: str
     merchant_id: str
@@ -255,7 +263,7 @@ class Order(BaseModel):
         }
 
 
-class Refund(BaseModel):
+class Refund(Model):
     refund_no: str
     payment_no: str
     amount: int

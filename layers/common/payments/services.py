@@ -1,5 +1,6 @@
 """Per-execution-environment wiring: every store, client and breaker is built here, once,
-from the settings, and `reset()` forgets them all.
+from the settings, and `reset()` forgets them all. Each is imported when first built: a
+function's cold start loads only the stores it uses.
 
 Tests inject through `use_channel` instead of patching private names.
 """
@@ -11,18 +12,18 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from payments.config import get_settings
-from payments.store.breakers import BreakerStore
-from payments.store.keys import ApiKeyStore
-from payments.store.orders import OrderStore
-from payments.store.payments import PaymentStore
-from payments.store.velocity import VelocityStore
-from payments.store.webhooks import WebhookEventStore
-from payments.store.workflow import PaymentWorkflow
 
 if TYPE_CHECKING:
     from payments.channel import ChannelClient
     from payments.channel.breaker import CircuitBreaker
     from payments.logic.reconcile import Reconciler
+    from payments.store.breakers import BreakerStore
+    from payments.store.keys import ApiKeyStore
+    from payments.store.orders import OrderStore
+    from payments.store.payments import PaymentStore
+    from payments.store.velocity import VelocityStore
+    from payments.store.webhooks import WebhookEventStore
+    from payments.store.workflow import PaymentWorkflow
 
 _lock = threading.Lock()
 _channels: dict[str, ChannelClient] = {}
@@ -31,36 +32,50 @@ _breakers: dict[str, CircuitBreaker] = {}
 
 @lru_cache(maxsize=1)
 def payment_store() -> PaymentStore:
+    from payments.store.payments import PaymentStore
+
     return PaymentStore(get_settings().payments_table)
 
 
 @lru_cache(maxsize=1)
 def order_store() -> OrderStore:
+    from payments.store.orders import OrderStore
+
     return OrderStore(get_settings().payments_table)
 
 
 @lru_cache(maxsize=1)
 def api_keys() -> ApiKeyStore:
+    from payments.store.keys import ApiKeyStore
+
     return ApiKeyStore(get_settings().payments_table)
 
 
 @lru_cache(maxsize=1)
 def velocity_store() -> VelocityStore:
+    from payments.store.velocity import VelocityStore
+
     return VelocityStore(get_settings().payments_table)
 
 
 @lru_cache(maxsize=1)
 def breaker_store() -> BreakerStore:
+    from payments.store.breakers import BreakerStore
+
     return BreakerStore(get_settings().payments_table)
 
 
 @lru_cache(maxsize=1)
 def webhook_events() -> WebhookEventStore:
+    from payments.store.webhooks import WebhookEventStore
+
     return WebhookEventStore(get_settings().payments_table)
 
 
 @lru_cache(maxsize=1)
 def workflow() -> PaymentWorkflow:
+    from payments.store.workflow import PaymentWorkflow
+
     return PaymentWorkflow(get_settings().state_machine_arn)
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from payments.channel import CallOutcome, ChargeResult
-from payments.models import Customer, OrderStatus, RiskAssessment, RiskDecision
+from payments.models import Customer, Model, OrderStatus, RiskAssessment, RiskDecision
 
 __all__ = [
     "CHOICE_VARIABLES",
@@ -59,7 +59,7 @@ class WorkflowOutcome(StrEnum):
     CHARGE_UNKNOWN = "charge_unknown"  # the provider may have charged: reconcile
 
 
-class _Contract(BaseModel):
+class _Contract(Model):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 

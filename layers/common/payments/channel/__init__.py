@@ -19,10 +19,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Protocol
 
-from pydantic import BaseModel
-
 from payments.errors import PaymentError, UnsupportedChannel
-from payments.models import Failure
+from payments.models import Failure, Model
 
 __all__ = [
     "SUPPORTED",
@@ -53,14 +51,14 @@ class CallOutcome(StrEnum):
 FINAL_FAILURES = frozenset({CallOutcome.DECLINED, CallOutcome.UNAVAILABLE, CallOutcome.REJECTED})
 
 
-class ChargeResult(BaseModel):
+class ChargeResult(Model):
     outcome: CallOutcome
     channel_reference: str | None = None
     decline_code: str | None = None
     failure: Failure | None = None
 
 
-class RefundResult(BaseModel):
+class RefundResult(Model):
     outcome: CallOutcome
     channel_reference: str | None = None
     decline_code: str | None = None
@@ -75,7 +73,7 @@ class IntentState(StrEnum):
     PENDING = "pending"  # still in progress at the provider
 
 
-class ProviderIntent(BaseModel):
+class ProviderIntent(Model):
     id: str
     state: IntentState
     amount: int
@@ -84,7 +82,7 @@ class ProviderIntent(BaseModel):
     decline_code: str | None = None
 
 
-class ProviderRefund(BaseModel):
+class ProviderRefund(Model):
     id: str
     state: IntentState
     amount: int

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from pydantic import BaseModel
-
 from payments.auth import Merchant
 from payments.channel import CallOutcome, ChannelError, ChargeResult
 from payments.channel.breaker import CircuitBreaker
@@ -26,7 +24,7 @@ from payments.errors import (
 )
 from payments.logic import new_id, utc_now
 from payments.logic.settlement import settle_charged, settle_not_charged, settle_without_order
-from payments.models import CreatePaymentRequest, Payment, PaymentStatus
+from payments.models import CreatePaymentRequest, Model, Payment, PaymentStatus
 from payments.observability.logging import logger
 from payments.store.orders import OrderStore
 from payments.store.payments import AlreadySettled, PaymentStore
@@ -39,7 +37,7 @@ _ERRORS: dict[str, type[PaymentError]] = {
 }
 
 
-class PaymentOutcome(BaseModel):
+class PaymentOutcome(Model):
     """What a create-payment call produced; stored as the idempotent response."""
 
     payment: Payment

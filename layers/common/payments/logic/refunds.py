@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pydantic import BaseModel
-
 from payments.channel import CallOutcome, ChannelClient, ChannelError, RefundResult
 from payments.errors import ChannelUnavailable, InvalidStatus, PaymentError, RefundFailed
 from payments.logic import utc_now
 from payments.logic.orders import mark_refunded
 from payments.models import (
     REFUNDABLE_STATUSES,
+    Model,
     Payment,
     PaymentStatus,
     Refund,
@@ -30,7 +29,7 @@ from payments.store.orders import OrderStore
 from payments.store.payments import AlreadyFinal, PaymentStore, RefundExists
 
 
-class RefundOutcome(BaseModel):
+class RefundOutcome(Model):
     refund: Refund
     payment: Payment
 
