@@ -19,12 +19,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from local.api import ApiHandle, serve_api
-from local.aws import EmulatorHandle, check_port_free, start_emulator
-from local.scheduler import Scheduler, schedules
-from local.workers import Limits
+# The emulator, API and runtime modules (moto, boto3: seconds to import on a busy machine)
+# are imported where they are used, so that `python -m local.stack` catches Ctrl-C before
+# they load: a Ctrl-C during start-up stops it quietly, with no KeyboardInterrupt traceback.
+if TYPE_CHECKING:
+    from local.api import ApiHandle
+    from local.aws import EmulatorHandle
+    from local.scheduler import Scheduler
 
 LOCAL_STRIPE_KEY = "sk_test_local"
 LOCAL_WEBHOOK_SECRET = "whsec_local_secret"  # noqa: S105 - the local simulator's test secret
@@ -60,6 +63,8 @@ def start_stripe_sim(port: int) -> Any | None:
     except ImportError:
         print("warning: local.stripe_sim.serve not available; no Stripe simulator", file=sys.stderr)
         return None
+    from local.aws import check_port_free
+
     # The simulator checks the same key the functions send.
     app = make_app(LOCAL_STRIPE_KEY)
     _bind("Stripe simulator", port, lambda: check_port_free(port))
@@ -135,6 +140,10 @@ def start_stack(
     `scheduled` runs the template's schedules (the reconciler); default: with `isolated`,
     so in-process tests see no background invocations.
     """
+    from local.api import serve_api
+    from local.aws import start_emulator
+    from local.scheduler import Scheduler, schedules
+
     sim = start_stripe_sim(sim_port)
     sim_url: str | None = getattr(sim, "url", None)
     started: list[Any] = [sim] if sim else []
@@ -227,13 +236,28 @@ def stop_signals() -> threading.Event:
 
 def main() -> int:
     began = time.monotonic()
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    # First, before the (slow) imports and start: a Ctrl-C then is no traceback either.
+    stopping = stop_signals()
+    try:
+        return _run(stopping, began)
+    finally:  # as they were (main() also runs inside tests)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(stopping: threading.Event, began: float) -> int:
     try:
         port, sim_port, aws_port = stack_ports(os.environ)
+        from local.workers import Limits
+
         Limits.from_env(os.environ)  # the runtime's knobs: a bad one is a one-line error too
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stopping = stop_signals()  # before the (slow) start: a Ctrl-C then is no traceback either
+    if stopping.is_set():  # Ctrl-C while the modules loaded: nothing was started
+        print("stopped", flush=True)
+        return 0
     try:
         stack = start_stack(port, sim_port, aws_port, isolated=True)
     except PortInUseError as exc:

@@ -192,3 +192,57 @@ def test_run_and_stop_cleanly(how: str, tmp_path: Path) -> None:
     logged = stderr.read_text()
     assert "Traceback" not in logged and "KeyboardInterrupt" not in logged, logged[-2000:]
     assert not [pid for pid in environments if _alive(pid)]
+
+
+def _loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def test_ctrl_c_during_start_up_stops_quietly(tmp_path: Path) -> None:
+    """A Ctrl-C while the emulator's modules load (seconds on a busy machine): no traceback."""
+    import _ssl
+
+    library = Path(getattr(_ssl, "__file__", "") or "").name
+    if not library:
+        pytest.skip("_ssl is built into this Python: no marker for the import phase")
+    env = {
+        **os.environ,
+        "PAYMENTS_PORT": "0",
+        "STRIPE_SIM_PORT": "0",
+        "AWS_EMULATOR_PORT": "0",
+        "PYTHONPATH": f"{ROOT / 'layers' / 'common'}{os.pathsep}{ROOT}",
+    }
+    stderr = tmp_path / "stderr.log"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "local.stack"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
+    seen: set[int] = set()
+    try:
+        # ssl is first loaded by boto3/urllib3, on the way to moto: the stack is mid-import,
+        # long before it serves anything.
+        while proc.poll() is None and not _loaded(proc.pid, library):
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGINT)
+        while proc.poll() is None:  # any environment started on the way must end with it
+            seen.update(_children(proc.pid))
+            time.sleep(0.05)
+        assert proc.wait(timeout=60) == 0
+        assert proc.stdout is not None
+        assert proc.stdout.read().strip().endswith("stopped")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logged = stderr.read_text()
+    assert "Traceback" not in logged and "KeyboardInterrupt" not in logged, logged[-2000:]
+    assert not [pid for pid in seen if _alive(pid)]
