@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from local.stack import (
-    PortInUseError,
+    PortError,
     StackHandle,
     banner,
     port_from_env,
@@ -190,7 +190,7 @@ def main() -> int:
                 )
                 return 1
         return 0
-    except PortInUseError as exc:
+    except PortError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -40,19 +40,28 @@ LOCAL_RECONCILE_DEFAULTS = {
 }
 
 
-class PortInUseError(RuntimeError):
-    def __init__(self, what: str, port: int) -> None:
-        super().__init__(f"{what} port {port} is already in use")
+class PortError(RuntimeError):
+    """A server's port cannot be listened on; the message is the one line to print."""
+
+    def __init__(self, what: str, port: int, why: str) -> None:
+        super().__init__(f"{what} port {port} {why}")
         self.port = port
 
 
+class PortInUseError(PortError):
+    def __init__(self, what: str, port: int) -> None:
+        super().__init__(what, port, "is already in use")
+
+
 def _bind(what: str, port: int, start: Any) -> Any:
-    """Run a server start-up, naming the port when it is taken."""
+    """Run a server start-up, naming the port when it is taken (or not allowed)."""
     try:
         return start()
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise PortInUseError(what, port) from exc
+        if exc.errno == errno.EACCES:  # below 1024 without the privilege
+            raise PortError(what, port, "is not allowed for this user (permission denied)") from exc
         raise
 
 
@@ -260,7 +269,7 @@ def _run(stopping: threading.Event, began: float) -> int:
         return 0
     try:
         stack = start_stack(port, sim_port, aws_port, isolated=True)
-    except PortInUseError as exc:
+    except PortError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
@@ -246,3 +247,12 @@ def test_ctrl_c_during_start_up_stops_quietly(tmp_path: Path) -> None:
     logged = stderr.read_text()
     assert "Traceback" not in logged and "KeyboardInterrupt" not in logged, logged[-2000:]
     assert not [pid for pid in seen if _alive(pid)]
+
+
+def test_a_port_not_allowed_is_one_line_error() -> None:
+    def denied() -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(stack_mod.PortError) as caught:
+        stack_mod._bind("API", 80, denied)
+    assert str(caught.value) == "API port 80 is not allowed for this user (permission denied)"
