@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -243,16 +243,21 @@ def stop_signals() -> threading.Event:
     return stopping
 
 
-def main() -> int:
-    began = time.monotonic()
+def with_stop_signals(run: Callable[[threading.Event], int]) -> int:
+    """`run(stopping)` with `stop_signals()` in force; the previous handlers back after it
+    (a main() also runs inside tests)."""
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    # First, before the (slow) imports and start: a Ctrl-C then is no traceback either.
-    stopping = stop_signals()
     try:
-        return _run(stopping, began)
-    finally:  # as they were (main() also runs inside tests)
+        return run(stop_signals())
+    finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def main() -> int:
+    began = time.monotonic()
+    # First, before the (slow) imports and start: a Ctrl-C then is no traceback either.
+    return with_stop_signals(lambda stopping: _run(stopping, began))
 
 
 def _run(stopping: threading.Event, began: float) -> int:

@@ -132,6 +132,35 @@ def test_observe_rejects_bad_ports_in_one_line(
     )
 
 
+def test_observe_runs_the_process_per_environment_runtime(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make observe` starts the stack as `make run` does (one process per environment:
+    series labelled per function, one cold start per environment), writing to Prometheus."""
+    from local import observe
+
+    seen: dict[str, object] = {}
+
+    def fake_start_stack(*args: object, **kwargs: object) -> StackHandle:
+        seen.update(kwargs)
+        raise stack_mod.PortInUseError("API", 1)  # stop there: nothing else to start
+
+    monkeypatch.setenv("PROMETHEUS_PORT", "9999")
+    # observe sets it in os.environ for the stack: gone again (as before) after the test
+    monkeypatch.setenv("PROMETHEUS_REMOTE_WRITE_URL", "")
+    monkeypatch.delenv("PROMETHEUS_REMOTE_WRITE_URL")
+    monkeypatch.setattr(observe, "start_monitoring", lambda *a: [])
+    monkeypatch.setattr(observe, "start_stack", fake_start_stack)
+    before = signal.getsignal(signal.SIGINT)
+    assert observe.main() == 1
+    assert seen["isolated"] is True
+    assert seen["env_overrides"] == {
+        "PROMETHEUS_REMOTE_WRITE_URL": "http://127.0.0.1:9999/api/v1/write"
+    }
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers it replaced are back
+    assert "error: API port 1 is already in use" in capsys.readouterr().err
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
