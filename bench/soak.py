@@ -299,6 +299,8 @@ def _result(
 ) -> Json:
     every = [ms for values in stats.latencies.values() for ms in values]
     server_errors = sum(n for key, n in stats.codes.items() if key.split()[1].startswith("5"))
+    # 429: the local runtime's queue gave up (Lambda would have scaled out): an error here
+    throttled = sum(n for key, n in stats.codes.items() if key.split()[1] == "429")
     first, last = monitor.samples[0], monitor.samples[-1]
     middle = min(
         monitor.samples[1:-1] or monitor.samples, key=lambda s: abs(s.at_request - total // 2)
@@ -326,9 +328,12 @@ def _result(
         },
         "codes": dict(sorted(stats.codes.items())),
         "server_errors": server_errors,
+        "throttled": throttled,
+        "errors": server_errors + throttled + sum(stats.transport_errors.values()),
         "transport_errors": dict(stats.transport_errors),
         "stop": {"exit_code": exit_code, "seconds": stop_s},
         "passed": server_errors == 0
+        and throttled == 0
         and not stats.transport_errors
         and monitor.peak_mb < RSS_GOAL_MB
         and exit_code == 0,
@@ -372,7 +377,8 @@ def report(result: Json) -> str:
                 [[op, e["n"], fmt(e["p50"]), fmt(e["p99"])] for op, e in lat.items()],
             ),
             table(["response", "count"], list(result["codes"].items())),
-            f"5xx: {result['server_errors']}; transport errors: {result['transport_errors'] or 0}; "
+            f"errors: {result['errors']} (5xx: {result['server_errors']}, 429: "
+            f"{result['throttled']}, transport: {result['transport_errors'] or 0}); "
             f"SIGTERM → exit {result['stop']['exit_code']} in {result['stop']['seconds']:.1f} s"
             + (
                 f" (the stack had already exited: {result['stack_exited_early']})"
