@@ -249,7 +249,14 @@ def marks(total: int, every: int) -> list[int]:
     return sorted({*range(every, total, every), total // 2} - {0})
 
 
-def run(total: int = 20_000, concurrency: int = 8, sample_every: int = 1000) -> Json:
+def run(
+    total: int = 20_000,
+    concurrency: int = 8,
+    sample_every: int = 1000,
+    interrupted: threading.Event | None = None,
+) -> Json:
+    """The soak; `interrupted` set (Ctrl-C, SIGTERM) stops the clients, then the stack."""
+    interrupted = interrupted or threading.Event()
     log = ROOT / ".local" / "soak-stack.log"
     log.parent.mkdir(exist_ok=True)
     process, url = start_stack(log)
@@ -269,7 +276,7 @@ def run(total: int = 20_000, concurrency: int = 8, sample_every: int = 1000) -> 
                 while pending and sent >= pending[0]:
                     pending.pop(0)
                 monitor.sample(sent, began)
-        return process.poll() is None
+        return process.poll() is None and not interrupted.is_set()
 
     try:
         stats, sent = _drive(url, total, concurrency, tick)
@@ -284,6 +291,9 @@ def run(total: int = 20_000, concurrency: int = 8, sample_every: int = 1000) -> 
     result = _result(stats, monitor, sent, concurrency, elapsed, exit_code, stop_s)
     if not survived:  # something else ended the stack: the figures cover what ran before
         result["stack_exited_early"] = exit_code
+        result["passed"] = False
+    if interrupted.is_set():
+        result["interrupted"] = True
         result["passed"] = False
     return result
 
@@ -385,13 +395,21 @@ def report(result: Json) -> str:
                 if "stack_exited_early" in result
                 else ""
             ),
-            "PASS" if result["passed"] else "FAIL",
+            "INTERRUPTED (figures up to the stop)"
+            if result.get("interrupted")
+            else "PASS"
+            if result["passed"]
+            else "FAIL",
         ]
     )
 
 
 def main() -> int:
+    interrupted = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # (SIGINT even if the shell ignored it)
+        signal.signal(signum, lambda *_: interrupted.set())
     result = run(
+        interrupted=interrupted,
         total=int(os.environ.get("SOAK_REQUESTS", "20000")),
         concurrency=int(os.environ.get("SOAK_CONCURRENCY", "8")),
         sample_every=int(os.environ.get("SOAK_SAMPLE_EVERY", "1000")),
