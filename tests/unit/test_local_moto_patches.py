@@ -24,7 +24,12 @@ Resources:
       AttributeDefinitions:
         - {AttributeName: pk, AttributeType: S}
         - {AttributeName: sk, AttributeType: S}
+        - {AttributeName: g, AttributeType: S}
       KeySchema: [{AttributeName: pk, KeyType: HASH}, {AttributeName: sk, KeyType: RANGE}]
+      GlobalSecondaryIndexes:
+        - IndexName: by_g
+          KeySchema: [{AttributeName: g, KeyType: HASH}, {AttributeName: sk, KeyType: RANGE}]
+          Projection: {ProjectionType: ALL}
 """
 
 
@@ -155,14 +160,17 @@ def test_definitions_are_parsed_once(emulator: EmulatorHandle) -> None:
         assert json.loads(out["output"]) == {"v": value}
 
 
-def test_a_query_of_the_table_key_reads_only_its_partition(emulator: EmulatorHandle) -> None:
-    """Same answers as moto's full-table path: order, ranges, paging, filters, counts."""
+def test_queries_answer_as_moto_does(emulator: EmulatorHandle) -> None:
+    """The table's own key (one partition read) and a secondary index (every item, unsorted
+    first): moto's answers, order, ranges, paging, filters and counts."""
     from moto.dynamodb.models.table import Table
 
     ddb = emulator.client("dynamodb")
     for pk in ("a", "b", "c"):
         for n in range(6):
             item = {"pk": {"S": pk}, "sk": {"S": f"s{n}"}, "n": {"N": str(n)}}
+            if n % 2:  # half of them in the index, in three index partitions
+                item["g"] = {"S": f"g{n % 3}"}
             ddb.put_item(TableName="items", Item=item)
 
     def query(**kwargs: Any) -> dict[str, Any]:
@@ -194,10 +202,22 @@ def test_a_query_of_the_table_key_reads_only_its_partition(emulator: EmulatorHan
             "Select": "COUNT",
         },
         {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "zz"}}},
+        {
+            "IndexName": "by_g",
+            "KeyConditionExpression": "g = :g",
+            "ExpressionAttributeValues": {":g": {"S": "g1"}},
+            "ScanIndexForward": False,
+        },
+        {
+            "IndexName": "by_g",
+            "KeyConditionExpression": "g = :g AND sk > :s",
+            "ExpressionAttributeValues": {":g": {"S": "g0"}, ":s": {"S": "s1"}},
+            "Limit": 2,
+        },
     ]
     stored = ddb.scan(TableName="items", Select="COUNT")["Count"]  # (and the demo API key)
     patched = [query(**case) for case in cases]
-    assert [r["Count"] for r in patched] == [6, 4, 3, 4, 6, 0]
+    assert [r["Count"] for r in patched] == [6, 4, 3, 4, 6, 0, 3, 2]
     assert patched[1]["Items"][0]["sk"] == {"S": "s4"}  # descending
     assert patched[3]["LastEvaluatedKey"] == {"pk": {"S": "a"}, "sk": {"S": "s4"}}
     with pytest.MonkeyPatch.context() as undo:  # moto's own path, for comparison
