@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv run test lint build invoke fuzz bench load observe prometheus clean
+.PHONY: help venv run test lint build invoke fuzz bench load soak observe prometheus clean
 
 help:
 	@echo "make run     set up and run the platform locally on http://127.0.0.1:$${PAYMENTS_PORT:-3000}"
@@ -19,6 +19,7 @@ help:
 	@echo "make fuzz    a long schemathesis campaign against the local stack (openapi.yaml)"
 	@echo "make build   sam build (needs python3.12)"
 	@echo "make bench   benchmarks;  make load  load test against the local stack"
+	@echo "make soak    20,000 requests at concurrency 8 against the local stack: RSS and latency"
 
 $(STAMP): requirements-dev.txt layers/common/requirements.txt
 	@test -n "$(PY312)" || { echo "python3.12 not found (pyenv install 3.12 or apt-get install python3.12)"; exit 1; }

@@ -6,9 +6,11 @@ Starts the stack as its own process (ephemeral ports, REPORT lines off, logs to
 it in one to three parts) as the demo merchant until SOAK_REQUESTS requests (default 20,000)
 were sent. Every request is signed with `payments.auth.signed_headers`.
 
-Reported: the stack process's RSS and that of its children (the execution environments)
-at start, middle and end, and its peak; latency p50/p99 per operation; status codes; 5xx and
-transport errors. The goal is an RSS that stays flat and under 500 MB.
+Reported: the stack process's RSS and, separately, that of its children (the execution
+environments, one `awslambdaric` process each) at start, middle and end, sampled every
+SOAK_SAMPLE_EVERY requests (default 1000) and every 5 s for the peak; latency p50/p99 per
+operation; status codes; 5xx and transport errors. The goal is a stack RSS that stays flat
+and under 500 MB. Results also go to bench/results.json ("soak").
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ class Monitor:
     pid: int
     samples: list[Sample] = field(default_factory=list)
     peak_mb: float = 0.0
+    peak_children_mb: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def sample(self, at_request: int, began: float) -> Sample:
+    def measure(self, at_request: int, began: float) -> Sample:
         children = _descendants(self.pid)
         sample = Sample(
             at_request,
@@ -60,9 +64,28 @@ class Monitor:
             sum(_rss_mb(c) for c in children),
             len(children),
         )
-        self.samples.append(sample)
-        self.peak_mb = max(self.peak_mb, sample.stack_mb)
+        with self.lock:
+            self.peak_mb = max(self.peak_mb, sample.stack_mb)
+            self.peak_children_mb = max(self.peak_children_mb, sample.children_mb)
         return sample
+
+    def sample(self, at_request: int, began: float) -> Sample:
+        """A sample kept for the report (start, every N requests, end)."""
+        sample = self.measure(at_request, began)
+        with self.lock:
+            self.samples.append(sample)
+        return sample
+
+    def watch(self, began: float, stop: threading.Event, every_s: float = 5.0) -> threading.Thread:
+        """Measure every `every_s` seconds until `stop`, for the peaks between the samples."""
+
+        def run() -> None:
+            while not stop.wait(every_s):
+                self.measure(-1, began)
+
+        thread = threading.Thread(target=run, name="soak-rss", daemon=True)
+        thread.start()
+        return thread
 
 
 def _rss_mb(pid: int) -> float:
@@ -220,24 +243,40 @@ def _drive(
     return stats, sent_so_far()
 
 
-def run(total: int = 20_000, concurrency: int = 8) -> Json:
+def marks(total: int, every: int) -> list[int]:
+    """Request counts to sample RSS at: every `every` requests, and the middle, ascending."""
+    every = max(1, every)
+    return sorted({*range(every, total, every), total // 2} - {0})
+
+
+def run(
+    total: int = 20_000,
+    concurrency: int = 8,
+    sample_every: int = 1000,
+    interrupted: threading.Event | None = None,
+) -> Json:
+    """The soak; `interrupted` set (Ctrl-C, SIGTERM) stops the clients, then the stack."""
+    interrupted = interrupted or threading.Event()
     log = ROOT / ".local" / "soak-stack.log"
     log.parent.mkdir(exist_ok=True)
     process, url = start_stack(log)
     monitor = Monitor(process.pid)
     began = time.monotonic()
     monitor.sample(0, began)
-    marks = {total // 4, total // 2, 3 * total // 4}
+    pending = marks(total, sample_every)
     lock = threading.Lock()
-    sampled: set[int] = set()
+    watching = threading.Event()
+    watcher = monitor.watch(began, watching)
 
     def tick(sent: int) -> bool:
-        """Sample RSS every 1000 requests; False (stop) once the stack has gone."""
+        """Sample RSS as the count passes each mark (the clients see the count go up by
+        more than one between their looks); False (stop) once the stack has gone."""
         with lock:
-            if (sent in marks or sent % 1000 == 0) and sent not in sampled:
-                sampled.add(sent)
+            if pending and sent >= pending[0]:
+                while pending and sent >= pending[0]:
+                    pending.pop(0)
                 monitor.sample(sent, began)
-        return process.poll() is None
+        return process.poll() is None and not interrupted.is_set()
 
     try:
         stats, sent = _drive(url, total, concurrency, tick)
@@ -246,10 +285,15 @@ def run(total: int = 20_000, concurrency: int = 8) -> Json:
         if survived:
             monitor.sample(sent, began)
     finally:
+        watching.set()
+        watcher.join()
         exit_code, stop_s = stop_stack(process)
     result = _result(stats, monitor, sent, concurrency, elapsed, exit_code, stop_s)
     if not survived:  # something else ended the stack: the figures cover what ran before
         result["stack_exited_early"] = exit_code
+        result["passed"] = False
+    if interrupted.is_set():
+        result["interrupted"] = True
         result["passed"] = False
     return result
 
@@ -265,8 +309,12 @@ def _result(
 ) -> Json:
     every = [ms for values in stats.latencies.values() for ms in values]
     server_errors = sum(n for key, n in stats.codes.items() if key.split()[1].startswith("5"))
+    # 429: the local runtime's queue gave up (Lambda would have scaled out): an error here
+    throttled = sum(n for key, n in stats.codes.items() if key.split()[1] == "429")
     first, last = monitor.samples[0], monitor.samples[-1]
-    middle = min(monitor.samples, key=lambda s: abs(s.at_request - total // 2))
+    middle = min(
+        monitor.samples[1:-1] or monitor.samples, key=lambda s: abs(s.at_request - total // 2)
+    )
     steady = [s.stack_mb for s in monitor.samples if s.at_request >= total // 10]
     growth = (max(steady) - min(steady)) if steady else 0.0
     return {
@@ -280,6 +328,7 @@ def _result(
             "middle": middle.__dict__,
             "end": last.__dict__,
             "peak_stack": monitor.peak_mb,
+            "peak_children": monitor.peak_children_mb,
             "steady_growth": growth,
         },
         "samples": [s.__dict__ for s in monitor.samples],
@@ -289,9 +338,12 @@ def _result(
         },
         "codes": dict(sorted(stats.codes.items())),
         "server_errors": server_errors,
+        "throttled": throttled,
+        "errors": server_errors + throttled + sum(stats.transport_errors.values()),
         "transport_errors": dict(stats.transport_errors),
         "stop": {"exit_code": exit_code, "seconds": stop_s},
         "passed": server_errors == 0
+        and throttled == 0
         and not stats.transport_errors
         and monitor.peak_mb < RSS_GOAL_MB
         and exit_code == 0,
@@ -301,7 +353,14 @@ def _result(
 def report(result: Json) -> str:
     rss = result["rss_mb"]
     rows = [
-        [name, rss[name]["at_request"], fmt(rss[name]["stack_mb"]), fmt(rss[name]["children_mb"])]
+        [
+            name,
+            rss[name]["at_request"],
+            f"{rss[name]['seconds']:.0f}",
+            fmt(rss[name]["stack_mb"]),
+            fmt(rss[name]["children_mb"]),
+            rss[name]["children"],
+        ]
         for name in ("start", "middle", "end")
     ]
     lat = result["latency_ms"]
@@ -309,30 +368,51 @@ def report(result: Json) -> str:
         [
             f"# Soak — {result['requests']} requests at concurrency {result['concurrency']} "
             f"in {result['elapsed_s']:.0f} s ({result['req_per_s']:.1f} req/s)",
-            table(["point", "after requests", "stack RSS MB", "children RSS MB"], rows),
-            f"peak stack RSS {fmt(rss['peak_stack'])} MB (goal < {RSS_GOAL_MB:.0f}); "
-            f"growth after the first 10%: {fmt(rss['steady_growth'])} MB",
+            table(
+                [
+                    "point",
+                    "after requests",
+                    "s",
+                    "stack RSS MB",
+                    "environments RSS MB",
+                    "environments",
+                ],
+                rows,
+            ),
+            f"peak stack RSS {fmt(rss['peak_stack'])} MB (goal < {RSS_GOAL_MB:.0f}), "
+            f"environments {fmt(rss['peak_children'])} MB; "
+            f"stack growth after the first 10%: {fmt(rss['steady_growth'])} MB",
             table(
                 ["operation", "n", "p50 ms", "p99 ms"],
                 [[op, e["n"], fmt(e["p50"]), fmt(e["p99"])] for op, e in lat.items()],
             ),
             table(["response", "count"], list(result["codes"].items())),
-            f"5xx: {result['server_errors']}; transport errors: {result['transport_errors'] or 0}; "
+            f"errors: {result['errors']} (5xx: {result['server_errors']}, 429: "
+            f"{result['throttled']}, transport: {result['transport_errors'] or 0}); "
             f"SIGTERM → exit {result['stop']['exit_code']} in {result['stop']['seconds']:.1f} s"
             + (
                 f" (the stack had already exited: {result['stack_exited_early']})"
                 if "stack_exited_early" in result
                 else ""
             ),
-            "PASS" if result["passed"] else "FAIL",
+            "INTERRUPTED (figures up to the stop)"
+            if result.get("interrupted")
+            else "PASS"
+            if result["passed"]
+            else "FAIL",
         ]
     )
 
 
 def main() -> int:
+    interrupted = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # (SIGINT even if the shell ignored it)
+        signal.signal(signum, lambda *_: interrupted.set())
     result = run(
+        interrupted=interrupted,
         total=int(os.environ.get("SOAK_REQUESTS", "20000")),
         concurrency=int(os.environ.get("SOAK_CONCURRENCY", "8")),
+        sample_every=int(os.environ.get("SOAK_SAMPLE_EVERY", "1000")),
     )
     write_results("soak", result)
     print(report(result))

@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"payctl: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `payctl ... | head`: the reader has gone, no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush then succeeds
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:

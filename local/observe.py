@@ -13,21 +13,21 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from local.stack import (
-    PortInUseError,
+    PortError,
     StackHandle,
     banner,
     port_from_env,
     stack_ports,
     start_stack,
-    stop_signals,
+    with_stop_signals,
 )
-from local.workers import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 OBSERVABILITY = ROOT / "observability"
@@ -151,12 +151,31 @@ def main() -> int:
     try:
         prometheus_port = port_from_env(os.environ, "PROMETHEUS_PORT", 9090)
         alertmanager_port = port_from_env(os.environ, "ALERTMANAGER_PORT", 9093)
-        port, sim_port, aws_port = stack_ports(os.environ)
+        ports = stack_ports(os.environ)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Before the runtime's (slow) imports: a Ctrl-C then is no traceback either.
+    return with_stop_signals(
+        lambda stopping: _run(stopping, began, prometheus_port, alertmanager_port, ports)
+    )
+
+
+def _run(
+    stopping: threading.Event,
+    began: float,
+    prometheus_port: int,
+    alertmanager_port: int,
+    ports: tuple[int, int, int],
+) -> int:
+    port, sim_port, aws_port = ports
+    try:
+        from local.workers import Limits
+
         Limits.from_env(os.environ)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stopping = stop_signals()
     try:
         processes = start_monitoring(prometheus_port, alertmanager_port)
     except ObserveError as exc:
@@ -190,7 +209,7 @@ def main() -> int:
                 )
                 return 1
         return 0
-    except PortInUseError as exc:
+    except PortError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -2,7 +2,8 @@
 
 The files in events/ name payments and orders (pay_7f3c..., ord_7f3c...) that a fresh
 emulator does not have, so GET payment/order, a refund, and MarkOrderPaid/CancelOrder
-failed. `seed(event, ...)` creates exactly what the event names, through the platform's
+failed, and the provider webhook was "ignored" (its payment unknown). `seed(event, ...)`
+creates exactly what the event names, through the platform's
 own code: a payment is paid for through CreatePaymentFunction and the real workflow (so it
 is charged at the Stripe simulator and can be refunded), with the event's payment number;
 an order a workflow step works on is created by the CreateOrder logic, in `created` state.
@@ -23,6 +24,7 @@ Invoke = Callable[[str, dict[str, Any]], tuple[Any, dict[str, Any] | None]]
 _PAYMENT_PATH = re.compile(r"^/api/v1/payments/(pay_[A-Za-z0-9]+)(?:/refunds)?/?$")
 _ORDER_PATH = re.compile(r"^/api/v1/orders/ord_([A-Za-z0-9]+)/?$")
 _STEPS_ON_AN_EXISTING_ORDER = frozenset({"mark_paid", "cancel"})
+_WEBHOOK_PATH = "/webhooks/stripe"
 
 
 class SeedError(RuntimeError):
@@ -48,14 +50,32 @@ def _payment_named_by(event: dict[str, Any]) -> str | None:
         return match.group(1)
     if match := _ORDER_PATH.match(path):  # an order number derives from its payment's
         return "pay_" + match.group(1)
+    if path == _WEBHOOK_PATH:  # a provider event names our payment in its metadata
+        metadata = _webhook_object(event).get("metadata")
+        payment_no = metadata.get("payment_no") if isinstance(metadata, dict) else None
+        return payment_no if isinstance(payment_no, str) and payment_no else None
     return None
 
 
-def _refund_amount(event: dict[str, Any]) -> int:
+def _webhook_object(event: dict[str, Any]) -> dict[str, Any]:
+    """The `data.object` of a provider webhook event's body ({} when there is none)."""
     try:
-        amount = json.loads(event.get("body") or "{}").get("amount", 0)
+        data = json.loads(event.get("body") or "{}").get("data")
+    except (ValueError, AttributeError):
+        return {}
+    obj = data.get("object") if isinstance(data, dict) else None
+    return obj if isinstance(obj, dict) else {}
+
+
+def _refund_amount(event: dict[str, Any]) -> int:
+    """The amount the event's body names (a refund's, or a webhook intent's); 0 if none."""
+    try:
+        body = json.loads(event.get("body") or "{}")
+        amount = body.get("amount", 0)
     except (ValueError, AttributeError):
         return 0
+    if event.get("rawPath") == _WEBHOOK_PATH:
+        amount = _webhook_object(event).get("amount", 0)
     return amount if isinstance(amount, int) and not isinstance(amount, bool) else 0
 
 

@@ -16,15 +16,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from local.api import ApiHandle, serve_api
-from local.aws import EmulatorHandle, check_port_free, start_emulator
-from local.scheduler import Scheduler, schedules
-from local.workers import Limits
+# The emulator, API and runtime modules (moto, boto3: seconds to import on a busy machine)
+# are imported where they are used, so that `python -m local.stack` catches Ctrl-C before
+# they load: a Ctrl-C during start-up stops it quietly, with no KeyboardInterrupt traceback.
+if TYPE_CHECKING:
+    from local.api import ApiHandle
+    from local.aws import EmulatorHandle
+    from local.scheduler import Scheduler
 
 LOCAL_STRIPE_KEY = "sk_test_local"
 LOCAL_WEBHOOK_SECRET = "whsec_local_secret"  # noqa: S105 - the local simulator's test secret
@@ -37,19 +40,28 @@ LOCAL_RECONCILE_DEFAULTS = {
 }
 
 
-class PortInUseError(RuntimeError):
-    def __init__(self, what: str, port: int) -> None:
-        super().__init__(f"{what} port {port} is already in use")
+class PortError(RuntimeError):
+    """A server's port cannot be listened on; the message is the one line to print."""
+
+    def __init__(self, what: str, port: int, why: str) -> None:
+        super().__init__(f"{what} port {port} {why}")
         self.port = port
 
 
+class PortInUseError(PortError):
+    def __init__(self, what: str, port: int) -> None:
+        super().__init__(what, port, "is already in use")
+
+
 def _bind(what: str, port: int, start: Any) -> Any:
-    """Run a server start-up, naming the port when it is taken."""
+    """Run a server start-up, naming the port when it is taken (or not allowed)."""
     try:
         return start()
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise PortInUseError(what, port) from exc
+        if exc.errno == errno.EACCES:  # below 1024 without the privilege
+            raise PortError(what, port, "is not allowed for this user (permission denied)") from exc
         raise
 
 
@@ -60,6 +72,8 @@ def start_stripe_sim(port: int) -> Any | None:
     except ImportError:
         print("warning: local.stripe_sim.serve not available; no Stripe simulator", file=sys.stderr)
         return None
+    from local.aws import check_port_free
+
     # The simulator checks the same key the functions send.
     app = make_app(LOCAL_STRIPE_KEY)
     _bind("Stripe simulator", port, lambda: check_port_free(port))
@@ -135,6 +149,10 @@ def start_stack(
     `scheduled` runs the template's schedules (the reconciler); default: with `isolated`,
     so in-process tests see no background invocations.
     """
+    from local.api import serve_api
+    from local.aws import start_emulator
+    from local.scheduler import Scheduler, schedules
+
     sim = start_stripe_sim(sim_port)
     sim_url: str | None = getattr(sim, "url", None)
     started: list[Any] = [sim] if sim else []
@@ -225,18 +243,38 @@ def stop_signals() -> threading.Event:
     return stopping
 
 
+def with_stop_signals(run: Callable[[threading.Event], int]) -> int:
+    """`run(stopping)` with `stop_signals()` in force; the previous handlers back after it
+    (a main() also runs inside tests)."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return run(stop_signals())
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main() -> int:
     began = time.monotonic()
+    # First, before the (slow) imports and start: a Ctrl-C then is no traceback either.
+    return with_stop_signals(lambda stopping: _run(stopping, began))
+
+
+def _run(stopping: threading.Event, began: float) -> int:
     try:
         port, sim_port, aws_port = stack_ports(os.environ)
+        from local.workers import Limits
+
         Limits.from_env(os.environ)  # the runtime's knobs: a bad one is a one-line error too
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stopping = stop_signals()  # before the (slow) start: a Ctrl-C then is no traceback either
+    if stopping.is_set():  # Ctrl-C while the modules loaded: nothing was started
+        print("stopped", flush=True)
+        return 0
     try:
         stack = start_stack(port, sim_port, aws_port, isolated=True)
-    except PortInUseError as exc:
+    except PortError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:

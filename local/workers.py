@@ -8,7 +8,10 @@ Extensions API endpoint served by this process (`local.runtime_api`). As on Lamb
 * one invocation at a time per environment; concurrent invocations take an idle environment
   or start a new one, up to a per-function cap (`LOCAL_MAX_ENVIRONMENTS`, default 4, or the
   template's ReservedConcurrentExecutions if lower); beyond it invocations queue for at most
-  `LOCAL_QUEUE_TIMEOUT_SECONDS` (default 10), then fail with TooManyRequestsException;
+  `LOCAL_QUEUE_TIMEOUT_SECONDS` (default 20), then fail with TooManyRequestsException
+  (Lambda would scale out instead: locally a burst waits, as long as API Gateway's 29 s
+  integration timeout leaves time to run it; twenty concurrent refunds on a fresh stack on
+  a loaded 2-core machine queued longer than 10 s);
 * at most `LOCAL_MAX_COLD_STARTS` environments initialise at once (default: CPU count):
   twenty interpreters importing boto3 at once on two cores take longer than a request may;
 * an environment whose process died (while idle or busy) is dropped at once and never handed
@@ -59,7 +62,7 @@ _ATTEMPTS = 3  # environments tried for one invocation whose event was never del
 class Limits:
     max_environments: int = 4
     max_cold_starts: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
-    queue_timeout_s: float = 10.0
+    queue_timeout_s: float = 20.0
     idle_timeout_s: float = 600.0  # an environment idle this long is shut down (0: never)
     reports: bool = True
 
@@ -595,8 +598,10 @@ class ProcessRuntime:
         """The REPORT line Lambda writes to the function's log stream (here: stderr)."""
         if not self.limits.reports:
             return
-        duration_ms = (time.monotonic() - invocation.started) * 1000
+        # Rounded as printed first: the billed figure is the ceiling of the printed ones.
+        duration_ms = round((time.monotonic() - invocation.started) * 1000, 2)
         init_ms, env.init_ms = env.init_ms, None
+        init_ms = None if init_ms is None else round(init_ms, 2)
         billed = math.ceil(duration_ms + (init_ms or 0.0))  # INIT is billed since 2025-08
         fields = [
             f"REPORT RequestId: {invocation.request_id}",

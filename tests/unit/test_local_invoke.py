@@ -75,6 +75,49 @@ def test_events_get_what_they_name_seeded(
     assert "seeded " in captured.err
 
 
+def test_webhook_event_finds_its_payment(capsys: pytest.CaptureFixture[str]) -> None:
+    # The signed provider event names pay_7f3c... in its metadata: seeded, it is processed
+    # (the payment already settled), not "ignored" as an unknown payment would be.
+    assert main(["webhooks", "events/webhook_payment_intent_succeeded.json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["statusCode"] == 200, result
+    assert json.loads(result["body"])["result"] == "processed"
+    assert "seeded payment pay_7f3c" in captured.err
+
+
+# Every other sample event, each with the function it is for: they need nothing seeded.
+UNSEEDED = {
+    "channel_payment.json": "channel",
+    "create_payment_declined.json": "create_payment",
+    "create_payment_invalid_currency.json": "create_payment",
+    "create_payment_success.json": "create_payment",
+    "health.json": "create_payment",
+    "order_create.json": "order",
+    "reconciler_scheduled.json": "reconciler",
+    "risk_check.json": "risk_check",
+}
+
+
+def test_every_sample_event_is_covered_here() -> None:
+    names = {p.name for p in (ROOT / "events").glob("*.json")}
+    covered = {e for _, e, _ in SEEDED} | set(UNSEEDED) | {"webhook_payment_intent_succeeded.json"}
+    assert names == covered
+
+
+@pytest.mark.parametrize(("event", "fn"), sorted(UNSEEDED.items()))
+def test_other_sample_events_run_in_a_fresh_state(
+    event: str, fn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([fn, f"events/{event}"]) == 0
+    result = json.loads(capsys.readouterr().out)  # only the result JSON on stdout
+    status = result.get("statusCode")
+    # API events answer as the sample intends (201, 402 declined, 400 currency, 200 health);
+    # never a 404 for something the event names, never a 5xx.
+    assert status is None or status in (200, 201, 400, 402), result
+    assert "errorType" not in result, result
+
+
 def test_without_seeding_those_events_find_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--no-seed", "create_payment", "events/get_payment.json"]) == 0
     assert json.loads(capsys.readouterr().out)["statusCode"] == 404

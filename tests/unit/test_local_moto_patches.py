@@ -24,7 +24,12 @@ Resources:
       AttributeDefinitions:
         - {AttributeName: pk, AttributeType: S}
         - {AttributeName: sk, AttributeType: S}
+        - {AttributeName: g, AttributeType: S}
       KeySchema: [{AttributeName: pk, KeyType: HASH}, {AttributeName: sk, KeyType: RANGE}]
+      GlobalSecondaryIndexes:
+        - IndexName: by_g
+          KeySchema: [{AttributeName: g, KeyType: HASH}, {AttributeName: sk, KeyType: RANGE}]
+          Projection: {ProjectionType: ALL}
 """
 
 
@@ -153,3 +158,79 @@ def test_definitions_are_parsed_once(emulator: EmulatorHandle) -> None:
     for value in (1, 2):  # a cached program still evaluates each execution on its own input
         out = sfn.start_sync_execution(stateMachineArn=arn, input=json.dumps({"v": value}))
         assert json.loads(out["output"]) == {"v": value}
+
+
+def test_queries_answer_as_moto_does(emulator: EmulatorHandle) -> None:
+    """The table's own key (one partition read) and a secondary index (every item, unsorted
+    first): moto's answers, order, ranges, paging, filters and counts."""
+    from moto.dynamodb.models.table import Table
+
+    ddb = emulator.client("dynamodb")
+    for pk in ("a", "b", "c"):
+        for n in range(6):
+            item = {"pk": {"S": pk}, "sk": {"S": f"s{n}"}, "n": {"N": str(n)}}
+            if n % 2:  # half of them in the index, in three index partitions
+                item["g"] = {"S": f"g{n % 3}"}
+            ddb.put_item(TableName="items", Item=item)
+
+    def query(**kwargs: Any) -> dict[str, Any]:
+        out = ddb.query(TableName="items", **kwargs)
+        out.pop("ResponseMetadata")
+        return out
+
+    cases: list[dict[str, Any]] = [
+        {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "b"}}},
+        {
+            "KeyConditionExpression": "pk = :p AND sk BETWEEN :x AND :y",
+            "ExpressionAttributeValues": {":p": {"S": "b"}, ":x": {"S": "s1"}, ":y": {"S": "s4"}},
+            "ScanIndexForward": False,
+        },
+        {
+            "KeyConditionExpression": "pk = :p AND begins_with(sk, :s)",
+            "FilterExpression": "n > :two",
+            "ExpressionAttributeValues": {":p": {"S": "c"}, ":s": {"S": "s"}, ":two": {"N": "2"}},
+        },
+        {
+            "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": {":p": {"S": "a"}},
+            "Limit": 4,
+            "ExclusiveStartKey": {"pk": {"S": "a"}, "sk": {"S": "s0"}},
+        },
+        {
+            "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": {":p": {"S": "a"}},
+            "Select": "COUNT",
+        },
+        {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "zz"}}},
+        {
+            "IndexName": "by_g",
+            "KeyConditionExpression": "g = :g",
+            "ExpressionAttributeValues": {":g": {"S": "g1"}},
+            "ScanIndexForward": False,
+        },
+        {
+            "IndexName": "by_g",
+            "KeyConditionExpression": "g = :g AND sk > :s",
+            "ExpressionAttributeValues": {":g": {"S": "g0"}, ":s": {"S": "s1"}},
+            "Limit": 2,
+        },
+    ]
+    stored = ddb.scan(TableName="items", Select="COUNT")["Count"]  # (and the demo API key)
+    patched = [query(**case) for case in cases]
+    assert [r["Count"] for r in patched] == [6, 4, 3, 4, 6, 0, 3, 2]
+    assert patched[1]["Items"][0]["sk"] == {"S": "s4"}  # descending
+    assert patched[3]["LastEvaluatedKey"] == {"pk": {"S": "a"}, "sk": {"S": "s4"}}
+    with pytest.MonkeyPatch.context() as undo:  # moto's own path, for comparison
+        undo.setattr(Table, "query", Table.query.__wrapped__)  # type: ignore[attr-defined]
+        assert [query(**case) for case in cases] == patched
+    # A Query of a partition that does not exist creates no empty one
+    assert ddb.scan(TableName="items", Select="COUNT")["Count"] == stored
+    assert all(len(bucket) for t in _tables(emulator) for bucket in t.items.values())
+
+
+def _tables(emulator: EmulatorHandle) -> list[Any]:
+    from moto.dynamodb.models import dynamodb_backends
+
+    from local.template import ACCOUNT, REGION
+
+    return list(dynamodb_backends[ACCOUNT][REGION].tables.values())

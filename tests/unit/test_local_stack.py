@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
@@ -131,6 +132,35 @@ def test_observe_rejects_bad_ports_in_one_line(
     )
 
 
+def test_observe_runs_the_process_per_environment_runtime(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make observe` starts the stack as `make run` does (one process per environment:
+    series labelled per function, one cold start per environment), writing to Prometheus."""
+    from local import observe
+
+    seen: dict[str, object] = {}
+
+    def fake_start_stack(*args: object, **kwargs: object) -> StackHandle:
+        seen.update(kwargs)
+        raise stack_mod.PortInUseError("API", 1)  # stop there: nothing else to start
+
+    monkeypatch.setenv("PROMETHEUS_PORT", "9999")
+    # observe sets it in os.environ for the stack: gone again (as before) after the test
+    monkeypatch.setenv("PROMETHEUS_REMOTE_WRITE_URL", "")
+    monkeypatch.delenv("PROMETHEUS_REMOTE_WRITE_URL")
+    monkeypatch.setattr(observe, "start_monitoring", lambda *a: [])
+    monkeypatch.setattr(observe, "start_stack", fake_start_stack)
+    before = signal.getsignal(signal.SIGINT)
+    assert observe.main() == 1
+    assert seen["isolated"] is True
+    assert seen["env_overrides"] == {
+        "PROMETHEUS_REMOTE_WRITE_URL": "http://127.0.0.1:9999/api/v1/write"
+    }
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers it replaced are back
+    assert "error: API port 1 is already in use" in capsys.readouterr().err
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
@@ -192,3 +222,66 @@ def test_run_and_stop_cleanly(how: str, tmp_path: Path) -> None:
     logged = stderr.read_text()
     assert "Traceback" not in logged and "KeyboardInterrupt" not in logged, logged[-2000:]
     assert not [pid for pid in environments if _alive(pid)]
+
+
+def _loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def test_ctrl_c_during_start_up_stops_quietly(tmp_path: Path) -> None:
+    """A Ctrl-C while the emulator's modules load (seconds on a busy machine): no traceback."""
+    import _ssl
+
+    library = Path(getattr(_ssl, "__file__", "") or "").name
+    if not library:
+        pytest.skip("_ssl is built into this Python: no marker for the import phase")
+    env = {
+        **os.environ,
+        "PAYMENTS_PORT": "0",
+        "STRIPE_SIM_PORT": "0",
+        "AWS_EMULATOR_PORT": "0",
+        "PYTHONPATH": f"{ROOT / 'layers' / 'common'}{os.pathsep}{ROOT}",
+    }
+    stderr = tmp_path / "stderr.log"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "local.stack"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
+    seen: set[int] = set()
+    try:
+        # ssl is first loaded by boto3/urllib3, on the way to moto: the stack is mid-import,
+        # long before it serves anything.
+        while proc.poll() is None and not _loaded(proc.pid, library):
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGINT)
+        while proc.poll() is None:  # any environment started on the way must end with it
+            seen.update(_children(proc.pid))
+            time.sleep(0.05)
+        assert proc.wait(timeout=60) == 0
+        assert proc.stdout is not None
+        assert proc.stdout.read().strip().endswith("stopped")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logged = stderr.read_text()
+    assert "Traceback" not in logged and "KeyboardInterrupt" not in logged, logged[-2000:]
+    assert not [pid for pid in seen if _alive(pid)]
+
+
+def test_a_port_not_allowed_is_one_line_error() -> None:
+    def denied() -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(stack_mod.PortError) as caught:
+        stack_mod._bind("API", 80, denied)
+    assert str(caught.value) == "API port 80 is not allowed for this user (permission denied)"

@@ -65,3 +65,44 @@ def test_bin_payctl_unreachable_port_is_one_line() -> None:
     )
     assert result.returncode == 2
     assert result.stderr == "payctl: cannot reach http://127.0.0.1:9 (is `make run` running?)\n"
+
+
+def test_bin_payctl_on_payments_port_into_a_closed_pipe_is_quiet() -> None:
+    """`payctl get ... | head -1`: the reader goes before payctl has printed; no traceback."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            body = json.dumps({"payment_no": "pay_x", "lines": ["x" * 100] * 2000}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = subprocess.Popen(
+            [str(ROOT / "bin" / "payctl"), "get", "pay_x"],
+            env={"PATH": "/usr/bin:/bin", "PAYMENTS_PORT": str(server.server_address[1])},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # as `head` does once it has its line: every write is EPIPE
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert paths == ["/api/v1/payments/pay_x"]  # it went to PAYMENTS_PORT
+    assert stderr == ""
