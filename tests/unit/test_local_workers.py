@@ -305,9 +305,12 @@ def test_cold_starts_are_bounded(tpl: Path) -> None:
     )
     try:
         with ThreadPoolExecutor(max_workers=3) as pool:
-            list(pool.map(lambda _: rt.invoke("AFunction", {"sleep": 0.5}), range(3)))
+            results = list(pool.map(lambda _: rt.invoke("AFunction", {"sleep": 1.2}), range(3)))
+        assert all(err is None for _, err in results), results  # within the 2 s Timeout
         windows = sorted(env.init_window for env in rt.environments("AFunction"))
-        assert len(windows) == 3
+        # On a loaded machine a queued invocation may find the first environment free
+        # again before a third INIT would end: then it reuses it, as Lambda would.
+        assert len(windows) >= 2
         for (_, end), (start, _) in zip(windows, windows[1:], strict=False):
             assert start >= end  # one INIT at a time
     finally:

@@ -74,6 +74,9 @@ def _clean(monkeypatch: pytest.MonkeyPatch) -> None:
         "PROMETHEUS_REMOTE_WRITE_SIGV4",
         "PROMETHEUS_REMOTE_WRITE_REGION",
         "METRICS_FLUSH_TIMEOUT_MS",
+        # The template turns leased slots on; the in-process runtime of earlier tests may
+        # have left its environment behind. Slots have their own tests.
+        "PROMETHEUS_INSTANCE_SLOTS",
     ):
         monkeypatch.delenv(var, raising=False)
     # Most tests look at every write; the interval itself is tested on its own.
