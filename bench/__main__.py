@@ -239,15 +239,18 @@ def main() -> int:
             results["warm_fake"] = run_warm("fake", scaled(3, 1), scaled(500, 20), 20, sinks, _log)
         if wanted("warmi"):
             _log("warm overhead in instructions (callgrind), real handler over moto")
+            # valgrind runs ~50x slower: a moto-backed payment is ~0.5 G instructions and the
+            # child's start-up ~8 G, so few payments; children in parallel (BENCH_JOBS).
             keep = ROOT / ".local" / "callgrind"
+            jobs = int(os.environ.get("BENCH_JOBS", "0")) or os.cpu_count() or 2
             results["warm_instructions"] = {
                 "real": run_warm_instructions(
-                    "real", scaled(5, 2), scaled(15, 4), 3, sinks, _log, keep
+                    "real", scaled(2, 1), scaled(6, 3), 3, sinks, _log, keep, jobs
                 ),
             }
             _log("warm overhead in instructions (callgrind), in-memory fakes")
             results["warm_instructions"]["fake"] = run_warm_instructions(
-                "fake", scaled(50, 5), scaled(250, 20), 20, sinks, _log, keep
+                "fake", scaled(10, 2), scaled(50, 10), 10, sinks, _log, keep, jobs
             )
         if wanted("memory"):
             _log("memory")
