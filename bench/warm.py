@@ -107,6 +107,12 @@ def _spans_ended() -> int:
     return total // len(queues) if queues else 0
 
 
+def _exporting() -> bool:
+    from payments.observability.container import container
+
+    return bool(container().processor.queues)
+
+
 def _final_flush() -> None:
     """Export what the last payments left (spans, EMF, a forced remote write), waited for."""
     from payments.observability.container import container
@@ -123,6 +129,7 @@ def _measure(
     for _ in range(warmup):
         invoke(create_payment_event())
     extra = 0
+    until_sampled = until_sampled and _exporting()
     while until_sampled and _spans_ended() == 0 and extra < 200:
         invoke(create_payment_event())
         extra += 1
