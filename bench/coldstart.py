@@ -28,7 +28,6 @@ import functools
 import json
 import os
 import py_compile
-import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.coldstubs import WEBHOOK_SECRET
-from bench.common import ROOT, STRIPE_KEY, Json, median, percentile, ratio
+from bench.common import ROOT, STRIPE_KEY, Json, count_instructions, median, percentile, ratio
 
 VENV = ROOT / ".local" / "lambda-venv"
 PRELUDE = (
@@ -215,21 +214,17 @@ def _wall(python: Path, code: str, root: Path, stripe_url: str) -> float:
 
 def _instructions(python: Path, code: str, root: Path, stripe_url: str) -> float:
     """Instructions executed by the whole process (valgrind callgrind, all threads)."""
-    with tempfile.TemporaryDirectory(prefix="cg-") as tmp:
-        out = Path(tmp) / "cg.out"
-        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(python)]
+
+    def run(prefix: list[str]) -> None:
         proc = subprocess.run(
-            [*argv, "-c", _script(code)],
+            [*prefix, str(python), "-c", _script(code)],
             cwd=root, env=_env(root, stripe_url), capture_output=True, timeout=900,
             check=False,
         )  # fmt: skip
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr.decode(errors="replace")[-1500:])
-        match = re.search(r"^summary:\s+(\d+)", out.read_text(errors="replace"), re.MULTILINE)
-        if match is None:
-            match = re.search(r"^totals:\s+(\d+)", out.read_text(errors="replace"), re.MULTILINE)
-        assert match is not None, "no callgrind summary"
-        return float(match.group(1))
+
+    return count_instructions(run)
 
 
 def run(

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -15,7 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -218,12 +220,17 @@ def create_payment_event() -> Json:
 
 
 def run_child(
-    module: str, spec: Json, env: Mapping[str, str] | None = None, timeout: float = 300
+    module: str,
+    spec: Json,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+    prefix: Sequence[str] = (),
 ) -> Json:
     """Run `python -m <module> --child` in a fresh interpreter; its result is one JSON object.
 
     The child's stdout carries EMF and logs (discarded: written to /dev/null as Lambda
-    writes to its log pipe); the result travels through a temporary file.
+    writes to its log pipe); the result travels through a temporary file. `prefix` goes
+    before the interpreter (e.g. `count_instructions`' valgrind command).
     """
     with tempfile.NamedTemporaryFile(prefix="bench-", suffix=".json", delete=False) as handle:
         out = handle.name
@@ -231,7 +238,7 @@ def run_child(
         child_env = {**os.environ, **(env or {})}
         child_env.setdefault("PYTHONPATH", f"{ROOT / 'layers' / 'common'}{os.pathsep}{ROOT}")
         proc = subprocess.run(
-            [sys.executable, "-m", module, "--child", json.dumps({**spec, "out": out})],
+            [*prefix, sys.executable, "-m", module, "--child", json.dumps({**spec, "out": out})],
             cwd=ROOT,
             env=child_env,
             stdout=subprocess.DEVNULL,
@@ -248,6 +255,34 @@ def run_child(
     finally:
         with contextlib.suppress(OSError):
             os.unlink(out)
+
+
+# --------------------------------------------------------------------------- instructions
+
+
+def callgrind_total(path: Path) -> float:
+    """Instructions of a callgrind output file (its summary line: all threads together)."""
+    text = path.read_text(errors="replace")
+    match = re.search(r"^summary:\s+(\d+)", text, re.MULTILINE)
+    if match is None:
+        match = re.search(r"^totals:\s+(\d+)", text, re.MULTILINE)
+    assert match is not None, "no callgrind summary"
+    return float(match.group(1))
+
+
+def count_instructions(run: Callable[[list[str]], None], keep: Path | None = None) -> float:
+    """Instructions executed by the whole process that `run(prefix)` starts with `prefix`
+    (valgrind callgrind) in front of its command; all threads are counted (callgrind does not
+    separate them unless asked). `keep`: a copy of the output file for callgrind_annotate.
+    """
+    with tempfile.TemporaryDirectory(prefix="cg-") as tmp:
+        out = Path(tmp) / "cg.out"
+        run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+        total = callgrind_total(out)
+        if keep is not None:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out, keep)
+        return total
 
 
 def child_main(argv: Sequence[str], body: Any) -> bool:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from bench import coldstart, load, slow, warm
-from bench.__main__ import report, run_extension, run_warm, warm_table
+from bench.__main__ import report, run_extension, run_warm, summarise_instructions, warm_table
 from bench.common import (
     FUNCTIONS,
     STRIPE_KEY,
     HungReceiver,
     Sink,
+    count_instructions,
     machine,
     percentile,
     run_child,
@@ -104,3 +108,40 @@ def test_slow_backends_runs_and_reports() -> None:
     assert all(e["invocations"] >= 2 for e in result["variants"].values())
     text = report({"machine": machine(), "scale": 0.0, "slow_backends": result})
     assert "Slow backends" in text and "+600 ms" in text
+
+
+def test_warm_instructions_child_and_summary(sinks: dict[str, str]) -> None:
+    """The instruction section's child (final flush, warm-up until sampled), its summary and
+    table; the callgrind run itself on a trivial command (valgrind is ~50x slower)."""
+    child = run_child(
+        "bench.warm",
+        {"mode": "fake", "config": "trace10", "n": 2, "warmup": 1, "sinks": sinks,
+         "instructions": True},
+    )  # fmt: skip
+    assert child["errors"] == 0 and child["warmup"] >= 1
+    results = {
+        (config, n): {"instructions": 1e9 + n * per, "spans": n * spans, "errors": 0, "warmup": 1}
+        for config, per, spans in (
+            ("none", 1e6, 0),
+            ("metrics", 1.004e6, 0),
+            ("trace100", 1.03e6, 9),
+            ("trace10", 1.01e6, 1.8),
+        )
+        for n in (2, 12)
+    }
+    summary = summarise_instructions("real", 2, 12, 1, results)
+    configs = summary["configs"]
+    assert configs["none"]["per_payment"] == pytest.approx(1e6)
+    assert configs["metrics"]["overhead_pct"] == pytest.approx(0.4) and configs["metrics"]["met"]
+    assert configs["trace10"]["sampled_payments"] == pytest.approx(2.0)
+    text = report({"machine": machine(), "scale": 0.0, "warm_instructions": {"real": summary}})
+    assert "instructions per payment" in text and "MISSED" in text
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind not installed")
+
+    def run(prefix: list[str]) -> None:
+        subprocess.run(
+            [*prefix, sys.executable, "-S", "-c", "pass"], check=True, capture_output=True
+        )
+
+    assert count_instructions(run) > 1e6
