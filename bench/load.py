@@ -63,6 +63,10 @@ class Stats:
 
 
 class Client:
+    """A merchant's HTTP client: every request signed, latency and status recorded."""
+
+    timeout = 30.0  # seconds per request
+
     def __init__(
         self, base: str, merchant: Merchant, stats: Stats, budget: Callable[[], bool]
     ) -> None:
@@ -77,21 +81,22 @@ class Client:
         body: Any = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Json]:
-        from payments.auth import sign
+        from payments.auth import signed_headers
 
         raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        ts = str(int(time.time()))
         all_headers = {
             "Content-Type": "application/json",
-            "X-API-Key": self.merchant.key,
-            "X-Timestamp": ts,
-            "X-Signature": sign(self.merchant.secret, ts, method, path, raw),
+            **signed_headers(self.merchant.key, self.merchant.secret, method, path, raw),
             **(headers or {}),
         }
         started = time.perf_counter()
         try:
             response = self.session.request(
-                method, self.base + path, data=raw or None, headers=all_headers, timeout=30
+                method,
+                self.base + path,
+                data=raw or None,
+                headers=all_headers,
+                timeout=self.timeout,
             )
         except requests.RequestException as exc:
             with self.stats.lock:

@@ -16,7 +16,6 @@ and under 500 MB. Results also go to bench/results.json ("soak").
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -28,7 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import requests
 
@@ -120,43 +118,10 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class SignedClient(Client):
-    """bench.load's client, every request signed by `payments.auth.signed_headers`."""
+class SoakClient(Client):
+    """bench.load's client with a longer per-request timeout (a soak queues behind cold starts)."""
 
-    def call(
-        self,
-        op: str,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, Json]:
-        from payments.auth import signed_headers
-
-        raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        all_headers = {
-            "Content-Type": "application/json",
-            **signed_headers(self.merchant.key, self.merchant.secret, method, path, raw),
-            **(headers or {}),
-        }
-        started = time.perf_counter()
-        try:
-            response = self.session.request(
-                method, self.base + path, data=raw or None, headers=all_headers, timeout=60
-            )
-        except requests.RequestException as exc:
-            with self.stats.lock:
-                self.stats.transport_errors[type(exc).__name__] += 1
-            return 0, {}
-        ms = (time.perf_counter() - started) * 1000
-        try:
-            data: Json = response.json()
-        except ValueError:
-            data = {}
-        error = data.get("error") if isinstance(data, dict) else None
-        code = str(error.get("code", "")) if isinstance(error, dict) else ""
-        self.stats.record(op, response.status_code, code, ms)
-        return response.status_code, data
+    timeout = 60.0
 
 
 def start_stack(log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -231,7 +196,7 @@ def _drive(
 
     def worker(index: int) -> None:
         rng = random.Random(index)
-        client = SignedClient(url, merchant, stats, budget)
+        client = SoakClient(url, merchant, stats, budget)
         while budget():
             client.one_round(rng)
 
