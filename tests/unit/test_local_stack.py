@@ -181,8 +181,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
-def test_run_and_stop_cleanly(how: str, tmp_path: Path) -> None:
+def _start_stack(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """`python -m local.stack` on ephemeral ports, stdout piped, stderr to a file; in its own
+    process group, as a shell job: Ctrl-C goes to the group."""
     env = {
         **os.environ,
         "PAYMENTS_PORT": "0",
@@ -199,8 +200,14 @@ def test_run_and_stop_cleanly(how: str, tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
-            start_new_session=True,  # its own group, as a shell job: Ctrl-C goes to the group
+            start_new_session=True,
         )
+    return proc, stderr
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_run_and_stop_cleanly(how: str, tmp_path: Path) -> None:
+    proc, stderr = _start_stack(tmp_path)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -238,24 +245,7 @@ def test_ctrl_c_during_start_up_stops_quietly(tmp_path: Path) -> None:
     library = Path(getattr(_ssl, "__file__", "") or "").name
     if not library:
         pytest.skip("_ssl is built into this Python: no marker for the import phase")
-    env = {
-        **os.environ,
-        "PAYMENTS_PORT": "0",
-        "STRIPE_SIM_PORT": "0",
-        "AWS_EMULATOR_PORT": "0",
-        "PYTHONPATH": f"{ROOT / 'layers' / 'common'}{os.pathsep}{ROOT}",
-    }
-    stderr = tmp_path / "stderr.log"
-    with stderr.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "local.stack"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            start_new_session=True,
-        )
+    proc, stderr = _start_stack(tmp_path)
     seen: set[int] = set()
     try:
         # ssl is first loaded by boto3/urllib3, on the way to moto: the stack is mid-import,
