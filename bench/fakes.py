@@ -9,6 +9,7 @@ with a canned success (`canned`, one invocation = one flush). The channel is fak
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -111,15 +112,13 @@ class FakePayments:
         current = self.items[payment.payment_no]
         if settlement.status is PaymentStatus.SUCCEEDED:
             values["refundable_amount"] = current.amount
-        updated = current.model_validate(
-            {**current.model_dump(), **values, "status": settlement.status, "updated_at": now}
-        )
+        updated = _updated(current, {**values, "status": settlement.status, "updated_at": now})
         self.items[payment.payment_no] = updated
         return updated
 
     def note(self, payment_no: str, fields: dict[str, Any], *, now: str) -> Any:
         current = self.items[payment_no]
-        updated = current.model_validate({**current.model_dump(), **fields, "updated_at": now})
+        updated = _updated(current, {**fields, "updated_at": now})
         self.items[payment_no] = updated
         return updated
 
@@ -132,18 +131,18 @@ class FakePayments:
         current = self.items[refund.payment_no]
         if current.refundable_amount < refund.amount:
             raise AmountExceeded("amount exceeds the refundable amount.")
-        updated = current.model_copy(
-            update={"refundable_amount": current.refundable_amount - refund.amount}
+        updated = dataclasses.replace(
+            current, refundable_amount=current.refundable_amount - refund.amount
         )
         self.items[refund.payment_no] = updated
         return updated
 
     def fail_refund(self, refund: Any, *, failure_code: str, now: str, forget: bool = False) -> Any:
         current = self.items[refund.payment_no]
-        self.items[refund.payment_no] = current.model_copy(
-            update={"refundable_amount": current.refundable_amount + refund.amount}
+        self.items[refund.payment_no] = dataclasses.replace(
+            current, refundable_amount=current.refundable_amount + refund.amount
         )
-        return None if forget else refund.model_copy(update={"status": "failed"})
+        return None if forget else _updated(refund, {"status": "failed"})
 
     def complete_refund(self, refund: Any, *, channel_reference: str | None, now: str) -> Any:
         from payments.models import PaymentStatus, RefundStatus
@@ -155,14 +154,21 @@ class FakePayments:
             if refunded == current.amount
             else PaymentStatus.PARTIALLY_REFUNDED
         )
-        updated = current.model_copy(
-            update={"refunded_amount": refunded, "status": status, "updated_at": now}
+        updated = dataclasses.replace(
+            current, refunded_amount=refunded, status=status, updated_at=now
         )
         self.items[refund.payment_no] = updated
-        made = refund.model_copy(
-            update={"status": RefundStatus.SUCCEEDED, "channel_reference": channel_reference}
+        made = dataclasses.replace(
+            refund, status=RefundStatus.SUCCEEDED, channel_reference=channel_reference
         )
         return made, updated
+
+
+def _updated(record: Any, values: dict[str, Any]) -> Any:
+    """`record` with `values` (JSON-shaped, as a store's update writes them) merged in."""
+    from payments.records import dump, load
+
+    return load(type(record), {**dump(record), **values})
 
 
 class FakeOrders:
@@ -192,7 +198,7 @@ class FakeOrders:
             return order
         if order.status != source:
             raise InvalidStatus()
-        updated = order.model_copy(update={"status": target, "updated_at": now})
+        updated = dataclasses.replace(order, status=target, updated_at=now)
         self.items[order_no] = updated
         return updated
 
@@ -218,17 +224,21 @@ class FakeBreaker:
 
 class FakeChannel:
     def charge(self, **kwargs: Any) -> Any:
-        from payments.channel import ChargeResult
+        from payments.channel import CallOutcome, ChargeResult
 
         return ChargeResult(
-            outcome="succeeded", channel_reference=f"pi_{uuid.uuid4().hex[:24]}", decline_code=None
+            outcome=CallOutcome.SUCCEEDED,
+            channel_reference=f"pi_{uuid.uuid4().hex[:24]}",
+            decline_code=None,
         )
 
     def refund(self, **kwargs: Any) -> Any:
-        from payments.channel import RefundResult
+        from payments.channel import CallOutcome, RefundResult
 
         return RefundResult(
-            outcome="succeeded", channel_reference=f"re_{uuid.uuid4().hex[:24]}", decline_code=None
+            outcome=CallOutcome.SUCCEEDED,
+            channel_reference=f"re_{uuid.uuid4().hex[:24]}",
+            decline_code=None,
         )
 
 
@@ -248,9 +258,10 @@ class FakeWorkflow:
         return json.loads(json.dumps(handler(json.loads(json.dumps(payload)), Context(name))))
 
     def run(self, execution_input: Any, *, name: str) -> Any:
+        from payments.records import dump, load
         from payments.tasks import WorkflowOutput
 
-        return WorkflowOutput.model_validate(self._run(execution_input.model_dump(mode="json")))
+        return load(WorkflowOutput, self._run(dump(execution_input)))
 
     def _run(self, execution_input: dict[str, Any]) -> dict[str, Any]:
         payment = execution_input["payment"]

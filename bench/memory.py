@@ -58,7 +58,7 @@ def _child(spec: Json) -> Json:
 
 
 def _events(function: str, store: Any, spec: Json) -> Any:
-    from payments.models import Payment, PaymentStatus
+    from payments.records import Payment, PaymentStatus, load
 
     def payment(i: int) -> dict[str, Any]:
         return {
@@ -121,7 +121,8 @@ def _events(function: str, store: Any, spec: Json) -> Any:
                 payment_method="pm_card_visa",
                 idempotency_key=f"charge-{body['payment_no']}",
             )
-            stored = Payment.model_validate(
+            stored = load(
+                Payment,
                 {
                     **body,
                     "amount": 10_000_000,
@@ -129,7 +130,7 @@ def _events(function: str, store: Any, spec: Json) -> Any:
                     "channel_reference": charge.channel_reference,
                     "refundable_amount": 10_000_000,
                     "updated_at": body["created_at"],
-                }
+                },
             )
             store.payments.items[stored.payment_no] = stored
             targets.append(stored.payment_no)

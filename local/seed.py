@@ -100,14 +100,15 @@ def _paid_payment(payment_no: str, amount: int, invoke: Invoke, *, key: str, sec
 
 
 def _created_order(payment: dict[str, Any]) -> str:
-    from pydantic import ValidationError
+    from msgspec import ValidationError
 
     from payments.logic import orders
+    from payments.records import load
     from payments.services import order_store
     from payments.tasks import TaskPayment
 
     try:
-        order = orders.create(TaskPayment.model_validate(payment), order_store())
+        order = orders.create(load(TaskPayment, payment), order_store())
     except (KeyError, TypeError, ValueError, ValidationError) as exc:
         raise SeedError(f"could not create the order of the event's payment: {exc}") from None
     return f"seeded order {order.order_no} (created)"

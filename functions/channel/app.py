@@ -11,12 +11,13 @@ from typing import Any
 
 from payments.channel import CallOutcome, get_channel
 from payments.observability import instrument, tracing
+from payments.records import dump, load
 from payments.tasks import ChannelTaskInput
 
 
 @instrument("channel-adapter")
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    task = ChannelTaskInput.model_validate(event)
+    task = load(ChannelTaskInput, event)
     payment = task.payment
     result = get_channel(payment.channel).charge(
         payment_no=payment.payment_no,
@@ -31,4 +32,4 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if result.outcome is not CallOutcome.SUCCEEDED:
         detail = result.decline_code or (result.failure.code if result.failure else "")
         tracing.fail_step(f"{result.outcome.value}: {detail}")
-    return result.model_dump(mode="json")
+    return dump(result)

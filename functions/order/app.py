@@ -6,13 +6,14 @@ from typing import Any
 
 from payments.logic import orders
 from payments.observability import instrument, tracing
+from payments.records import dump, load
 from payments.services import order_store
 from payments.tasks import OrderTaskInput
 
 
 @instrument("order-service")
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    task = OrderTaskInput.model_validate(event)
+    task = load(OrderTaskInput, event)
     order = orders.run(task, order_store())
     tracing.annotate_step(payment_no=task.payment.payment_no, order_no=order.order_no)
-    return order.model_dump(mode="json")
+    return dump(order)

@@ -8,13 +8,14 @@ from typing import Any
 from payments.config import get_settings
 from payments.logic.risk import assess
 from payments.observability import instrument, tracing
+from payments.records import dump, load
 from payments.services import velocity_store
 from payments.tasks import TaskInput
 
 
 @instrument("risk-service")
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    task = TaskInput.model_validate(event)
+    task = load(TaskInput, event)
     payment = task.payment
     settings = get_settings()
     # The payment's own creation time, not "now": a retried step counts it once.
@@ -30,4 +31,4 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     result = assess(payment, settings, count_recent)
     tracing.annotate_step(**{"risk.decision": result.decision.value, "risk.score": result.score})
-    return result.model_dump(mode="json")
+    return dump(result)

@@ -4,6 +4,7 @@ reconciliation the ledger agrees with the provider."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -36,12 +37,11 @@ def platform() -> Iterator[Platform]:
 
 
 def reconciler(**settings: Any) -> Reconciler:
-    base = get_settings().model_dump()
     return Reconciler(
         services.payment_store(),
         services.order_store(),
         get_channel,
-        Settings.model_validate({**base, **settings}),
+        Settings.validate({**dataclasses.asdict(get_settings()), **settings}),
     )
 
 

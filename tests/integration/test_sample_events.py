@@ -9,6 +9,7 @@ from typing import Any
 from local.invoke import load_event, refresh_signature
 from payments.logic import utc_now
 from payments.models import Payment, PaymentStatus
+from payments.records import load
 from payments.services import payment_store
 from payments.store.payments import Settlement
 from tests.integration.conftest import Platform
@@ -52,13 +53,14 @@ def test_workflow_task_events_then_lookups_and_refund(platform: Platform) -> Non
     # The payment those tasks worked for, as the gateway would have stored it.
     task_payment = _event("channel_payment.json")["payment"]
     now = utc_now()
-    payment = Payment.model_validate(
+    payment = load(
+        Payment,
         {
             **task_payment,
             "merchant_order_no": "sample-events-1",  # order-1001 belongs to the API sample
             "status": PaymentStatus.PROCESSING,
             "updated_at": now,
-        }
+        },
     )
     payment_store().create(payment)
     payment_store().settle(

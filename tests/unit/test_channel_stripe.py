@@ -25,6 +25,7 @@ from payments.channel.breaker import CircuitBreaker
 from payments.channel.stripe import StripeClient
 from payments.config import get_settings
 from payments.errors import UnsupportedChannel
+from payments.records import dump_json
 
 API_KEY = "sk_test_secret_do_not_leak"
 
@@ -379,7 +380,7 @@ def test_other_4xx_is_rejected_and_never_retried(
     assert result.failure is not None and result.failure.code == "channel_error"
     assert len(sim.requests) == 1 and sleeps == []
     assert state(breaker) == "closed"  # the provider answered: not an outage
-    assert API_KEY not in result.model_dump_json() and "nope" not in result.model_dump_json()
+    assert API_KEY not in dump_json(result) and "nope" not in dump_json(result)
 
 
 # ---- circuit breaker ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from payments.config import Settings
 from payments.errors import InvalidAmount, Unauthorized, UnsupportedCurrency
 from payments.logic.risk import assess
 from payments.models import RiskDecision
+from payments.records import load
 from payments.tasks import TaskPayment
 
 currencies = st.sampled_from(sorted(money.CURRENCY_EXPONENTS))
@@ -92,7 +93,8 @@ def test_signature_formula_is_the_documented_one() -> None:
 
 
 def _task_payment(amount: int, customer: dict[str, str]) -> TaskPayment:
-    return TaskPayment.model_validate(
+    return load(
+        TaskPayment,
         {
             "payment_no": "pay_1",
             "merchant_id": "m",
@@ -103,7 +105,7 @@ def _task_payment(amount: int, customer: dict[str, str]) -> TaskPayment:
             "payment_method": "pm_card_visa",
             "customer": customer,
             "created_at": "2026-01-01T00:00:00.000Z",
-        }
+        },
     )
 
 

@@ -1,12 +1,19 @@
-"""Environment settings, validated once per execution environment (cold start)."""
+"""Environment settings, validated once per execution environment (cold start).
+
+`Settings` is a frozen stdlib dataclass checked by msgspec (ranges as `msgspec.Meta`
+constraints, environment strings converted to numbers): importing pydantic would cost
+every cold start of every function far more than reading the settings does.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import msgspec
 
 _ENV_PREFIXLESS = {
     "payments_table": "PAYMENTS_TABLE",
@@ -37,74 +44,102 @@ _ENV_PREFIXLESS = {
     "idempotency_ttl_seconds": "IDEMPOTENCY_TTL_SECONDS",
     "signature_tolerance_seconds": "SIGNATURE_TOLERANCE_SECONDS",
 }
+# Never echoed in an error message.
+_SECRETS = frozenset({"stripe_api_key", "stripe_webhook_secrets"})
 
-PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class Settings(BaseModel):
-    """Everything a function reads from its environment. Unknown keys are ignored."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a function reads from its environment. Unknown keys are ignored.
 
-    model_config = ConfigDict(frozen=True)
+    Build validated settings with `from_environ` (environment variables) or `validate`
+    (field names); the bare constructor checks nothing.
+    """
 
     payments_table: str = "payments"
     idempotency_table: str = "payments-idempotency"
     state_machine_arn: str = ""
     stripe_api_base: str = "https://api.stripe.com"
-    stripe_api_key: str = Field(default="", repr=False)
+    stripe_api_key: str = dataclasses.field(default="", repr=False)
     stripe_connect_timeout: PositiveFloat = 2.0
     stripe_read_timeout: PositiveFloat = 5.0
-    stripe_max_retries: Annotated[int, Field(ge=0, le=5)] = 2
-    breaker_failure_threshold: Annotated[int, Field(ge=1)] = 5
+    stripe_max_retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 2
+    breaker_failure_threshold: PositiveInt = 5
     breaker_reset_seconds: PositiveFloat = 30.0
-    breaker_sync_seconds: Annotated[float, Field(ge=0)] = 2.0
+    breaker_sync_seconds: NonNegativeFloat = 2.0
     # Reconciliation (SPEC §4). A payment younger than the grace period is still in flight.
     # "No charge" needs the payment older than `no_charge_after` (no request of its
     # workflow can still be running: 25 s workflow budget plus the provider's own delay)
     # and two lookups that found nothing, spaced wider than the provider's search
     # freshness (Stripe: about a minute).
-    reconcile_grace_seconds: Annotated[float, Field(ge=0)] = 60.0
-    reconcile_no_charge_after_seconds: Annotated[float, Field(ge=0)] = 120.0
-    reconcile_search_freshness_seconds: Annotated[float, Field(ge=0)] = 90.0
-    reconcile_backoff_seconds: Annotated[float, Field(ge=0)] = 30.0
-    reconcile_backoff_max_seconds: Annotated[float, Field(ge=0)] = 3600.0
-    reconcile_max_attempts: Annotated[int, Field(ge=1)] = 30
-    reconcile_batch_size: Annotated[int, Field(ge=1, le=500)] = 50
+    reconcile_grace_seconds: NonNegativeFloat = 60.0
+    reconcile_no_charge_after_seconds: NonNegativeFloat = 120.0
+    reconcile_search_freshness_seconds: NonNegativeFloat = 90.0
+    reconcile_backoff_seconds: NonNegativeFloat = 30.0
+    reconcile_backoff_max_seconds: NonNegativeFloat = 3600.0
+    reconcile_max_attempts: PositiveInt = 30
+    reconcile_batch_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
     # A charge found for a payment already failed: refund it at once, or flag it only.
     reconcile_late_charge: Literal["refund", "flag"] = "refund"
-    stripe_webhook_secrets: tuple[str, ...] = Field(default=(), repr=False)
-    webhook_tolerance_seconds: Annotated[int, Field(ge=1)] = 300
+    # Several secrets during a rotation: every one is tried.
+    stripe_webhook_secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    webhook_tolerance_seconds: PositiveInt = 300
     risk_blocked_countries: frozenset[str] = frozenset({"KP", "IR", "SY", "CU"})
-    risk_review_amount_minor: Annotated[int, Field(ge=1)] = 500_000
-    risk_velocity_limit: Annotated[int, Field(ge=1)] = 10
-    risk_velocity_window_seconds: Annotated[int, Field(ge=1)] = 60
-    idempotency_ttl_seconds: Annotated[int, Field(ge=60)] = 86_400
-    signature_tolerance_seconds: Annotated[int, Field(ge=1)] = 300
-
-    @field_validator("risk_blocked_countries", mode="before")
-    @classmethod
-    def _split_countries(cls, value: object) -> object:
-        if isinstance(value, str):
-            return frozenset(c.strip().upper() for c in value.split(",") if c.strip())
-        return value
-
-    @field_validator("stripe_webhook_secrets", mode="before")
-    @classmethod
-    def _split_secrets(cls, value: object) -> object:
-        # Several secrets during a rotation: every one is tried.
-        if isinstance(value, str):
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-        return value
-
-    @field_validator("stripe_api_base")
-    @classmethod
-    def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+    risk_review_amount_minor: PositiveInt = 500_000
+    risk_velocity_limit: PositiveInt = 10
+    risk_velocity_window_seconds: PositiveInt = 60
+    idempotency_ttl_seconds: Annotated[int, msgspec.Meta(ge=60)] = 86_400
+    signature_tolerance_seconds: PositiveInt = 300
 
     @classmethod
-    def from_environ(cls, environ: dict[str, str] | None = None) -> Settings:
+    def validate(cls, values: Mapping[str, object]) -> Settings:
+        """Settings from field names to values; strings are converted ("5" for an int,
+        "KP, ir" for the countries, comma-separated webhook secrets), unknown keys are
+        ignored. An invalid value raises ValueError naming the field."""
+        return _convert(values, {})
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the environment; an invalid value raises ValueError naming its
+        variable."""
         source = os.environ if environ is None else environ
         values = {field: source[name] for field, name in _ENV_PREFIXLESS.items() if name in source}
-        return cls.model_validate(values)
+        return _convert(values, _ENV_PREFIXLESS)
+
+
+def _prepare(values: Mapping[str, object]) -> dict[str, object]:
+    """The conversions msgspec does not do: comma-separated lists, no trailing slash."""
+    prepared = dict(values)
+    countries = prepared.get("risk_blocked_countries")
+    if isinstance(countries, str):
+        prepared["risk_blocked_countries"] = frozenset(
+            c.strip().upper() for c in countries.split(",") if c.strip()
+        )
+    secrets = prepared.get("stripe_webhook_secrets")
+    if isinstance(secrets, str):
+        prepared["stripe_webhook_secrets"] = tuple(
+            s.strip() for s in secrets.split(",") if s.strip()
+        )
+    base = prepared.get("stripe_api_base")
+    if isinstance(base, str):
+        prepared["stripe_api_base"] = base.rstrip("/")
+    return prepared
+
+
+def _convert(values: Mapping[str, object], names: Mapping[str, str]) -> Settings:
+    try:
+        return msgspec.convert(_prepare(values), Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at `$.")
+        key = path.rstrip("`").partition(".")[0].partition("[")[0]
+        if key not in values:  # not one field's value (never from the environment)
+            raise ValueError(f"invalid settings: {exc}") from None
+        shown = "<hidden>" if key in _SECRETS else repr(values[key])
+        raise ValueError(f"{names.get(key, key)}={shown} is invalid: {message}") from None
 
 
 @lru_cache(maxsize=1)

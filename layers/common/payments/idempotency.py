@@ -8,19 +8,19 @@ outcome without running the operation again.
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 
-from pydantic import BaseModel
-
 from payments.config import get_settings
 from payments.errors import IdempotencyKeyReused, InvalidRequest, RequestInProgress
+from payments.records import dump, load
 
-T = TypeVar("T", bound=BaseModel)
+T = TypeVar("T")
 
-_work: contextvars.ContextVar[Callable[[], BaseModel]] = contextvars.ContextVar("work")
+_work: contextvars.ContextVar[Callable[[], object]] = contextvars.ContextVar("work")
 _replayed: contextvars.ContextVar[bool] = contextvars.ContextVar("replayed", default=False)
 
 
@@ -41,14 +41,14 @@ def _mark_replay(response: Any, _record: Any) -> Any:
 
 
 @lru_cache(maxsize=8)
-def _idempotent_runner(model: type[BaseModel]) -> tuple[Callable[..., BaseModel], Any]:
+def _idempotent_runner(model: type[Any]) -> tuple[Callable[..., object], Any]:
     from aws_lambda_powertools.utilities.idempotency import (
         DynamoDBPersistenceLayer,
         IdempotencyConfig,
         idempotent_function,
     )
-    from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import (
-        PydanticSerializer,
+    from aws_lambda_powertools.utilities.idempotency.serialization.custom_dict import (
+        CustomDictSerializer,
     )
 
     settings = get_settings()
@@ -65,12 +65,15 @@ def _idempotent_runner(model: type[BaseModel]) -> tuple[Callable[..., BaseModel]
         data_keyword_argument="call",
         persistence_store=persistence,
         config=config,
-        output_serializer=PydanticSerializer(model=model),
+        # The outcome is a record (`payments.records`): stored as its JSON-shaped dump.
+        output_serializer=CustomDictSerializer(
+            to_dict=dump, from_dict=functools.partial(load, model)
+        ),
     )
-    def run(call: dict[str, str]) -> BaseModel:
+    def run(call: dict[str, str]) -> object:
         return _work.get()()
 
-    return cast(Callable[..., BaseModel], run), config
+    return cast(Callable[..., object], run), config
 
 
 def reset() -> None:
@@ -105,12 +108,12 @@ def once(
     work_token = _work.set(work)
     replay_token = _replayed.set(False)
     try:
-        run, config = _idempotent_runner(model)
+        run, config = _idempotent_runner(cast(Any, model))  # a class: hashable
         if lambda_context is not None:
             # Lets an in-progress record expire with the invocation, not only with the TTL.
             config.register_lambda_context(lambda_context)
         result = run(call=call)
-        return model.model_validate(result), _replayed.get()
+        return result if isinstance(result, model) else load(model, result), _replayed.get()
     except IdempotencyValidationError:
         raise IdempotencyKeyReused() from None
     except IdempotencyAlreadyInProgressError:

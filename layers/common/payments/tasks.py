@@ -11,12 +11,13 @@ contract.py` walks the ASL to prove every path ends in exactly one outcome).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pydantic import ConfigDict, Field
+import msgspec
 
 from payments.channel import CallOutcome, ChargeResult
-from payments.models import Customer, Model, OrderStatus, RiskAssessment, RiskDecision
+from payments.records import CustomerInfo, OrderStatus, RiskAssessment, RiskDecision
 
 __all__ = [
     "CHOICE_VARIABLES",
@@ -59,11 +60,8 @@ class WorkflowOutcome(StrEnum):
     CHARGE_UNKNOWN = "charge_unknown"  # the provider may have charged: reconcile
 
 
-class _Contract(Model):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class TaskPayment(_Contract):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskPayment:
     """What the tasks need of a payment; never its description or metadata."""
 
     payment_no: str
@@ -72,20 +70,22 @@ class TaskPayment(_Contract):
     amount: int
     currency: str
     channel: str
-    payment_method: str = Field(repr=False)
-    customer: Customer | None = None
+    payment_method: str = field(repr=False)
+    customer: CustomerInfo | None = None
     created_at: str
 
 
-class WorkflowInput(_Contract):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowInput:
     payment: TaskPayment
-    trace_context: dict[str, str] = Field(default_factory=dict)
+    trace_context: dict[str, str] = field(default_factory=dict)
 
 
-class TaskInput(_Contract):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskInput:
     step: Step
     payment: TaskPayment
-    trace_context: dict[str, str] = Field(default_factory=dict)
+    trace_context: dict[str, str] = field(default_factory=dict)
 
 
 class OrderAction(StrEnum):
@@ -94,42 +94,51 @@ class OrderAction(StrEnum):
     CANCEL = "cancel"
 
 
-class OrderRef(_Contract):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderRef:
     order_no: str
     status: OrderStatus
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OrderTaskInput(TaskInput):
     action: OrderAction
     order: OrderRef | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelTaskInput(TaskInput):
     order: OrderRef
 
 
-class CaughtError(_Contract):
-    """What a Catch writes to its ResultPath (Step Functions' own shape)."""
+class CaughtError(msgspec.Struct, frozen=True, rename={"error": "Error", "cause": "Cause"}):
+    """What a Catch writes to its ResultPath (Step Functions' own shape, hence a Struct:
+    msgspec renames Struct fields, not dataclass ones)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    error: str
+    cause: str | None = None
 
-    error: str = Field(alias="Error")
-    cause: str | None = Field(default=None, alias="Cause", repr=False)
+    def __repr__(self) -> str:  # the cause may quote a provider's or a task's message
+        return f"CaughtError(error={self.error!r})"
 
 
-class _Risk(_Contract):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Risk:
     result: RiskAssessment
 
 
-class _Order(_Contract):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Order:
     result: OrderRef
 
 
-class _Charge(_Contract):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Charge:
     result: ChargeResult
 
 
-class WorkflowOutput(_Contract):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowOutput:
     payment: TaskPayment
     outcome: WorkflowOutcome
     risk: _Risk | None = None

@@ -16,11 +16,12 @@ raise `LookupFailed` when they get no answer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 from payments.errors import PaymentError, UnsupportedChannel
-from payments.models import Failure, Model
+from payments.records import Failure
 
 __all__ = [
     "SUPPORTED",
@@ -51,14 +52,16 @@ class CallOutcome(StrEnum):
 FINAL_FAILURES = frozenset({CallOutcome.DECLINED, CallOutcome.UNAVAILABLE, CallOutcome.REJECTED})
 
 
-class ChargeResult(Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChargeResult:
     outcome: CallOutcome
     channel_reference: str | None = None
     decline_code: str | None = None
     failure: Failure | None = None
 
 
-class RefundResult(Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefundResult:
     outcome: CallOutcome
     channel_reference: str | None = None
     decline_code: str | None = None
@@ -73,7 +76,8 @@ class IntentState(StrEnum):
     PENDING = "pending"  # still in progress at the provider
 
 
-class ProviderIntent(Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderIntent:
     id: str
     state: IntentState
     amount: int
@@ -82,7 +86,8 @@ class ProviderIntent(Model):
     decline_code: str | None = None
 
 
-class ProviderRefund(Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderRefund:
     id: str
     state: IntentState
     amount: int

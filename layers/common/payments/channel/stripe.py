@@ -39,7 +39,7 @@ from payments.channel import (
 from payments.channel.breaker import CircuitBreaker
 from payments.config import Settings
 from payments.errors import ChannelUnavailable
-from payments.models import Failure
+from payments.records import Failure
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ so a retried CreateOrder finds its own order instead of making a second one."""
 from __future__ import annotations
 
 from payments.logic import utc_now
-from payments.models import Order, OrderStatus
+from payments.records import Order, OrderStatus
 from payments.store.orders import OrderStore
 from payments.tasks import OrderAction, OrderRef, OrderTaskInput, TaskPayment
 

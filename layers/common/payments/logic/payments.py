@@ -8,6 +8,7 @@ answered 202, for reconciliation (SPEC §4).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 from payments.auth import Merchant
@@ -24,8 +25,9 @@ from payments.errors import (
 )
 from payments.logic import new_id, utc_now
 from payments.logic.settlement import settle_charged, settle_not_charged, settle_without_order
-from payments.models import CreatePaymentRequest, Model, Payment, PaymentStatus
+from payments.models import CreatePaymentRequest, Payment, PaymentStatus
 from payments.observability.logging import logger
+from payments.records import CustomerInfo, dump, load
 from payments.store.orders import OrderStore
 from payments.store.payments import AlreadySettled, PaymentStore
 from payments.store.workflow import PaymentWorkflow, WorkflowFailed, WorkflowNotStarted
@@ -37,7 +39,8 @@ _ERRORS: dict[str, type[PaymentError]] = {
 }
 
 
-class PaymentOutcome(Model):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PaymentOutcome:
     """What a create-payment call produced; stored as the idempotent response."""
 
     payment: Payment
@@ -93,7 +96,7 @@ def create(
         currency=request.currency,
         channel=request.channel,
         payment_method=request.payment_method,
-        customer=request.customer,
+        customer=load(CustomerInfo, request.customer.model_dump()) if request.customer else None,
         description=request.description,
         metadata=request.metadata,
         created_at=now,
@@ -111,7 +114,7 @@ def create(
         # payment, as it stands now, is the answer.
         return outcome_of(earlier)
     logger.append_keys(payment_no=payment.payment_no)
-    task_payment = TaskPayment.model_validate(payment.model_dump(mode="json"))
+    task_payment = load(TaskPayment, dump(payment))
     try:
         output = workflow.run(
             WorkflowInput(payment=task_payment, trace_context=trace_context),
@@ -142,7 +145,7 @@ def _same_request(
 def _learnt(output: WorkflowOutput) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if output.risk is not None:
-        fields["risk"] = output.risk.result.model_dump(mode="json")
+        fields["risk"] = dump(output.risk.result)
     if output.order_no:
         fields["order_no"] = output.order_no
     charge = output.charge_result

@@ -37,9 +37,9 @@ from payments.config import Settings
 from payments.errors import NotFound
 from payments.logic import refunds as refund_logic
 from payments.logic.settlement import settle_charged, settle_not_charged
-from payments.models import Payment, PaymentStatus, Reconciliation, Refund, RefundStatus
 from payments.observability import metrics
 from payments.observability.logging import logger
+from payments.records import Payment, PaymentStatus, Reconciliation, Refund, RefundStatus
 from payments.store.orders import OrderStore
 from payments.store.payments import (
     AlreadyFinal,

@@ -9,27 +9,32 @@ same idempotency key, which can never refund twice.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from payments.channel import CallOutcome, ChannelClient, ChannelError, RefundResult
 from payments.errors import ChannelUnavailable, InvalidStatus, PaymentError, RefundFailed
 from payments.logic import utc_now
 from payments.logic.orders import mark_refunded
-from payments.models import (
+from payments.observability.logging import logger
+from payments.records import (
     REFUNDABLE_STATUSES,
-    Model,
     Payment,
     PaymentStatus,
     Refund,
-    RefundRequest,
     RefundStatus,
 )
-from payments.observability.logging import logger
 from payments.store.orders import OrderStore
 from payments.store.payments import AlreadyFinal, PaymentStore, RefundExists
 
+if TYPE_CHECKING:  # the reconciler settles refunds without loading the request models
+    from payments.models import RefundRequest
 
-class RefundOutcome(Model):
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefundOutcome:
     refund: Refund
     payment: Payment
 
@@ -115,7 +120,7 @@ def apply_result(
         raise ChannelUnavailable(retry_after=retry_after)
     if result.outcome is CallOutcome.REJECTED:
         raise ChannelError()
-    return _answer(failed or refund.model_copy(update={"status": RefundStatus.FAILED}), None)
+    return _answer(failed or dataclasses.replace(refund, status=RefundStatus.FAILED), None)
 
 
 def complete(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from payments.config import Settings
-from payments.models import RiskAssessment, RiskDecision
+from payments.records import RiskAssessment, RiskDecision
 from payments.tasks import TaskPayment
 
 REJECT_AT = 80

@@ -11,8 +11,8 @@ from typing import Any
 
 from payments.logic import utc_now
 from payments.logic.orders import order_no_for
-from payments.models import OrderStatus, Payment, PaymentStatus
 from payments.observability.logging import logger
+from payments.records import OrderStatus, Payment, PaymentStatus
 from payments.store.orders import OrderStore
 from payments.store.payments import OrderMove, PaymentStore, Settlement
 

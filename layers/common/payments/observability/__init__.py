@@ -7,7 +7,7 @@
 
 Modules:
   instrument   the handler wrapper (spans, HTTP metrics, log keys); records, never exports
-  settings     every setting, validated once (pydantic)
+  settings     every setting, validated once
   container    the per-environment singletons and their one `reset()`
   provider     TracerProvider, sampler, cached tracers
   tracing      the tracing API (propagation, step annotations)

@@ -9,12 +9,13 @@ the cold start loudly (`SettingsError`, naming the variable), never a payment la
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import msgspec
 
 # --- tracing: sampler ----------------------------------------------------------------------
 OTEL_TRACES_SAMPLER = "OTEL_TRACES_SAMPLER"
@@ -63,25 +64,29 @@ SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
-Millis = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# Non-negative and finite: every number is read by `_number`, which refuses inf and nan.
+Millis = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class SettingsError(ValueError):
     """An invalid observability setting (raised at cold start, naming the variable)."""
 
 
-class ObservabilitySettings(BaseModel):
-    """The observability configuration of one execution environment."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class ObservabilitySettings:
+    """The observability configuration of one execution environment.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    A frozen stdlib dataclass checked by msgspec (no pydantic on the cold start); build it
+    with `from_environ`, the bare constructor checks nothing.
+    """
 
     service: str = "payment-gateway"
     function_name: str = "local"
     region: str = ""
     # Sampling: OTEL_TRACES_SAMPLER(_ARG) win; else JAEGER_SAMPLING_RATE; else always on.
     sampler: SamplerName | None = None
-    sampler_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
-    jaeger_rate: Annotated[float, Field(ge=0, le=100)] | None = None
+    sampler_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    jaeger_rate: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
     # Span exporters (each imported only when it first exports).
     otlp_traces: bool = False
     traces_file: str = ""
@@ -91,25 +96,20 @@ class ObservabilitySettings(BaseModel):
     namespace: str = "PaymentGateway"
     emf_output_file: str = ""
     metrics_flush_timeout_ms: Millis = 200.0
-    remote_write_url: str = Field(default="", repr=False)  # may carry credentials
-    remote_write_interval_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 5.0
+    remote_write_url: str = dataclasses.field(default="", repr=False)  # may carry credentials
+    remote_write_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     remote_write_sigv4: bool | None = None  # None: on for Amazon Managed Prometheus hosts
     remote_write_region: str = ""
-    instance_slots: Annotated[int, Field(ge=0, le=10_000)] = 0  # 0: a random id per env
+    instance_slots: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0  # 0: random id per env
     instance_lease_table: str = ""
-    instance_lease_s: Annotated[float, Field(ge=10, allow_inf_nan=False)] = 900.0
+    instance_lease_s: Annotated[float, msgspec.Meta(ge=10)] = 900.0
     # Export pipeline.
     flush_timeout_ms: Millis = 200.0
     flush_interval_ms: Millis = 1000.0
-    span_queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 2048
-    export_timeout_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 10_000.0
+    span_queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 2048
+    export_timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 10_000.0
     extension: Literal["auto", "on", "off"] = "auto"
     runtime_api: str = ""
-
-    @field_validator("sampler", mode="before")
-    @classmethod
-    def _lower(cls, value: object) -> object:
-        return value.strip().lower() if isinstance(value, str) else value
 
     @property
     def use_extension(self) -> bool:
@@ -122,14 +122,13 @@ class ObservabilitySettings(BaseModel):
         env = os.environ if environ is None else environ
         values, names = _collect(env)
         try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            name = names.get(field, field)
-            raise SettingsError(
-                f"{name}={env.get(name, '')!r} is invalid: {error['msg']}"
-            ) from None
+            # Strict: `_collect` has already parsed every number (a string is never one).
+            return msgspec.convert(values, cls)
+        except msgspec.ValidationError as exc:
+            message, _, path = str(exc).partition(" - at `$.")
+            key = path.rstrip("`").partition(".")[0].partition("[")[0] or "?"
+            name = names.get(key, key)
+            raise SettingsError(f"{name}={env.get(name, '')!r} is invalid: {message}") from None
 
 
 def _get(env: Mapping[str, str], name: str) -> str:
@@ -187,13 +186,14 @@ _NUMBERS = {
     "export_timeout_ms": OBSERVABILITY_EXPORT_TIMEOUT_MS,
 }
 _INTEGERS = frozenset({"instance_slots", "span_queue_size"})
+_LOWERED = frozenset({"sampler", "extension"})
 
 
 def _collect(env: Mapping[str, str]) -> tuple[dict[str, object], dict[str, str]]:
     values: dict[str, object] = {}
     for field, name in _STRINGS.items():
-        if raw := _get(env, name):
-            values[field] = raw.lower() if field == "extension" else raw
+        if raw := _get(env, name):  # stripped; the sampler and extension names lower-cased
+            values[field] = raw.lower() if field in _LOWERED else raw
     for field, name in _NUMBERS.items():
         number = _number(env, name)
         if number is not None:

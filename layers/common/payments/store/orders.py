@@ -6,7 +6,7 @@ from __future__ import annotations
 from botocore.exceptions import ClientError
 
 from payments.errors import InvalidStatus, NotFound
-from payments.models import Order, OrderStatus
+from payments.records import Order, OrderStatus, dump, load
 from payments.store.clients import dynamodb, from_item, to_item
 
 
@@ -19,7 +19,7 @@ class OrderStore:
         self.table = table
 
     def create(self, order: Order) -> Order:
-        item = {"pk": f"ORDER#{order.order_no}", "sk": "ORDER", **order.model_dump(mode="json")}
+        item = {"pk": f"ORDER#{order.order_no}", "sk": "ORDER", **dump(order)}
         try:
             dynamodb().put_item(
                 TableName=self.table,
@@ -37,7 +37,7 @@ class OrderStore:
 
     def find(self, order_no: str) -> Order | None:
         item = dynamodb().get_item(TableName=self.table, Key=_key(order_no), ConsistentRead=True)
-        return Order.model_validate(from_item(item["Item"])) if "Item" in item else None
+        return load(Order, from_item(item["Item"])) if "Item" in item else None
 
     def get(self, order_no: str, merchant_id: str | None = None) -> Order:
         order = self.find(order_no) if 0 < len(order_no) <= 128 else None
@@ -71,4 +71,4 @@ class OrderStore:
             if current.status is target:
                 return current
             raise InvalidStatus(f"Order is {current.status.value}, not {source.value}.") from None
-        return Order.model_validate(from_item(response["Attributes"]))
+        return load(Order, from_item(response["Attributes"]))

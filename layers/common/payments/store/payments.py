@@ -25,7 +25,7 @@ from typing import Any, Literal, cast
 from botocore.exceptions import ClientError
 
 from payments.errors import AmountExceeded, DuplicateOrder, InvalidStatus, NotFound
-from payments.models import (
+from payments.records import (
     REFUNDABLE_STATUSES,
     OrderStatus,
     Payment,
@@ -33,6 +33,8 @@ from payments.models import (
     Reconciliation,
     Refund,
     RefundStatus,
+    dump,
+    load,
 )
 from payments.store.clients import dynamodb, from_item, to_item
 
@@ -139,7 +141,7 @@ class PaymentStore:
             {
                 "pk": f"PAYMENT#{payment.payment_no}",
                 "sk": _PAYMENT_SK,
-                **payment.model_dump(mode="json", exclude={"trace_id"}),
+                **{k: v for k, v in dump(payment).items() if k != "trace_id"},
                 "merchant_order_key": f"{payment.merchant_id}#{payment.merchant_order_no}",
                 "created_key": f"{payment.created_at}#{payment.payment_no}",
                 "unresolved_kind": "PAYMENT",
@@ -196,7 +198,7 @@ class PaymentStore:
         item = response.get("Item")
         if not item:
             raise NotFound("No such payment.")
-        payment = Payment.model_validate(from_item(item))
+        payment = load(Payment, from_item(item))
         if merchant_id is not None and payment.merchant_id != merchant_id:
             raise NotFound("No such payment.")
         return payment
@@ -236,7 +238,7 @@ class PaymentStore:
         while len(found) <= limit:
             query["Limit"] = limit + 1 - len(found)
             response = dynamodb().query(**query)
-            found += [Payment.model_validate(from_item(i)) for i in response.get("Items", [])]
+            found += [load(Payment, from_item(i)) for i in response.get("Items", [])]
             if "LastEvaluatedKey" not in response:
                 break
             query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
@@ -347,7 +349,7 @@ class PaymentStore:
             if _error_code(err) != "ConditionalCheckFailedException":
                 raise
             return self.get(payment_no)
-        return Payment.model_validate(from_item(response["Attributes"]))
+        return load(Payment, from_item(response["Attributes"]))
 
     def annotate(self, payment_no: str, fields: dict[str, Any]) -> None:
         """Add facts to a payment whatever its status (e.g. a late charge found)."""
@@ -378,7 +380,7 @@ class PaymentStore:
                 ConditionExpression="#status = :pending",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
-                    ":r": to_item({"r": state.model_dump(mode="json")})["r"],
+                    ":r": to_item({"r": dump(state)})["r"],
                     ":now": {"S": now},
                     ":pending": {"S": pending},
                     # Exhausted: never due again (left for an operator), still in the backlog.
@@ -457,7 +459,7 @@ class PaymentStore:
             {
                 "pk": f"PAYMENT#{refund.payment_no}",
                 "sk": f"REFUND#{refund.refund_no}",
-                **refund.model_dump(mode="json"),
+                **dump(refund),
                 "unresolved_kind": "REFUND",
                 "unresolved_since": refund.created_at,
             }
@@ -509,7 +511,7 @@ class PaymentStore:
             )
             .get("Item")
         )
-        return Refund.model_validate(from_item(item)) if item else None
+        return load(Refund, from_item(item)) if item else None
 
     def refunds(self, payment_no: str) -> list[Refund]:
         response = dynamodb().query(
@@ -521,7 +523,7 @@ class PaymentStore:
             },
             ConsistentRead=True,
         )
-        return [Refund.model_validate(from_item(i)) for i in response.get("Items", [])]
+        return [load(Refund, from_item(i)) for i in response.get("Items", [])]
 
     def complete_refund(
         self, refund: Refund, *, channel_reference: str | None, now: str
@@ -592,7 +594,7 @@ class PaymentStore:
                 ExpressionAttributeValues={":refunded": {"S": PaymentStatus.REFUNDED.value}},
                 ReturnValues="ALL_NEW",
             )
-            return Payment.model_validate(from_item(response["Attributes"]))
+            return load(Payment, from_item(response["Attributes"]))
         except ClientError as err:
             if _error_code(err) != "ConditionalCheckFailedException":
                 raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from payments.records import dump_json, load_json
 from payments.store.clients import stepfunctions
 from payments.tasks import WorkflowInput, WorkflowOutput
 
@@ -31,7 +32,7 @@ class PaymentWorkflow:
             response = stepfunctions().start_sync_execution(
                 stateMachineArn=self.state_machine_arn,
                 name=name,
-                input=execution_input.model_dump_json(),
+                input=dump_json(execution_input),
             )
         except ClientError as err:
             code = str(err.response.get("Error", {}).get("Code", ""))
@@ -43,4 +44,4 @@ class PaymentWorkflow:
             raise WorkflowFailed("UNKNOWN", type(err).__name__) from err
         if response["status"] != "SUCCEEDED":
             raise WorkflowFailed(response["status"], response.get("error"))
-        return WorkflowOutput.model_validate_json(response.get("output") or "{}")
+        return load_json(WorkflowOutput, response.get("output") or "{}")
