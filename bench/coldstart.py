@@ -142,7 +142,9 @@ def function_code(function: str) -> str:
 def ensure_venv() -> Path:
     """The Lambda-like venv: layer pins + boto3/botocore (the dev venv's pins), nothing else."""
     python = VENV / "bin" / "python"
-    if python.exists():
+    requirements = ROOT / "layers" / "common" / "requirements.txt"
+    stamp = VENV / ".requirements"
+    if python.exists() and stamp.exists() and stamp.read_text() == requirements.read_text():
         return python
     pins = [
         line.split("#")[0].strip()
@@ -155,6 +157,7 @@ def ensure_venv() -> Path:
          "-r", str(ROOT / "layers" / "common" / "requirements.txt"), *pins],
         check=True,
     )  # fmt: skip
+    stamp.write_text(requirements.read_text())  # a changed pin rebuilds the venv
     return python
 
 

@@ -9,7 +9,6 @@ with a canned success (`canned`, one invocation = one flush). The channel is fak
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import itertools
 import json
@@ -22,6 +21,7 @@ from types import ModuleType
 from typing import Any, cast
 
 from bench.common import DEMO_KEY, DEMO_MERCHANT, DEMO_SECRET, ROOT
+from payments.records import replace
 
 Handler = Callable[[Any, Any], Any]
 _counter = itertools.count(1)
@@ -131,15 +131,13 @@ class FakePayments:
         current = self.items[refund.payment_no]
         if current.refundable_amount < refund.amount:
             raise AmountExceeded("amount exceeds the refundable amount.")
-        updated = dataclasses.replace(
-            current, refundable_amount=current.refundable_amount - refund.amount
-        )
+        updated = replace(current, refundable_amount=current.refundable_amount - refund.amount)
         self.items[refund.payment_no] = updated
         return updated
 
     def fail_refund(self, refund: Any, *, failure_code: str, now: str, forget: bool = False) -> Any:
         current = self.items[refund.payment_no]
-        self.items[refund.payment_no] = dataclasses.replace(
+        self.items[refund.payment_no] = replace(
             current, refundable_amount=current.refundable_amount + refund.amount
         )
         return None if forget else _updated(refund, {"status": "failed"})
@@ -154,13 +152,9 @@ class FakePayments:
             if refunded == current.amount
             else PaymentStatus.PARTIALLY_REFUNDED
         )
-        updated = dataclasses.replace(
-            current, refunded_amount=refunded, status=status, updated_at=now
-        )
+        updated = replace(current, refunded_amount=refunded, status=status, updated_at=now)
         self.items[refund.payment_no] = updated
-        made = dataclasses.replace(
-            refund, status=RefundStatus.SUCCEEDED, channel_reference=channel_reference
-        )
+        made = replace(refund, status=RefundStatus.SUCCEEDED, channel_reference=channel_reference)
         return made, updated
 
 
@@ -198,7 +192,7 @@ class FakeOrders:
             return order
         if order.status != source:
             raise InvalidStatus()
-        updated = dataclasses.replace(order, status=target, updated_at=now)
+        updated = replace(order, status=target, updated_at=now)
         self.items[order_no] = updated
         return updated
 

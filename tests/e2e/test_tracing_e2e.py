@@ -14,7 +14,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import requests
+import urllib3
 
 from local.stack import StackHandle, start_stack
 from local.trace_view import load_spans, render_tree
@@ -346,22 +347,22 @@ def test_incoming_traceparent_is_continued_through_payment_and_refund(traced: Tr
 def test_traceparent_is_injected_into_the_stripe_call(
     traced: Traced, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sent: list[requests.PreparedRequest] = []
-    real_send = requests.Session.send
+    sent: list[Mapping[str, str]] = []  # the headers of each charge the client sent
+    real_urlopen = urllib3.PoolManager.urlopen
 
-    def spy(session: requests.Session, request: requests.PreparedRequest, **kw: Any) -> Any:
+    def spy(pool: urllib3.PoolManager, method: str, url: str, *args: Any, **kw: Any) -> Any:
         # Charges only: a webhook hint may also read the intent back (GET).
-        if request.method == "POST" and str(request.url).startswith(f"{traced.stack.sim_url}/v1/"):
-            sent.append(request)
-        return real_send(session, request, **kw)
+        if method == "POST" and url.startswith(f"{traced.stack.sim_url}/v1/"):
+            sent.append(kw.get("headers") or {})
+        return real_urlopen(pool, method, url, *args, **kw)
 
-    monkeypatch.setattr(requests.Session, "send", spy)
+    monkeypatch.setattr(urllib3.PoolManager, "urlopen", spy)
     reply = traced.pay()
     monkeypatch.undo()
     assert reply.status == 201, reply.body
     stripe = _one(traced.trace(reply.trace_id, PAY_ROUTE, STRIPE_CHARGE), STRIPE_CHARGE)
     assert len(sent) == 1
-    assert sent[0].headers["traceparent"] == _traceparent(reply.trace_id, stripe["span_id"])
+    assert sent[0]["traceparent"] == _traceparent(reply.trace_id, stripe["span_id"])
 
 
 def test_x_amzn_trace_id_is_continued(traced: Traced) -> None:

@@ -1,22 +1,21 @@
 """Stored records and the workflow's values, and how they cross JSON boundaries.
 
-Payments, refunds, orders, statuses, risk assessments and failures are frozen stdlib
-dataclasses, converted from and to JSON-shaped data (DynamoDB items, task payloads) by
+Payments, refunds, orders, statuses, risk assessments and failures are frozen msgspec
+Structs, converted from and to JSON-shaped data (DynamoDB items, task payloads) by
 msgspec (`load`, `dump`). Only request bodies and query strings are validated by pydantic
 (`payments.models`), so the functions that take no merchant request (the workflow tasks,
 the reconciler) never import it: its import and first schema build cost about half of
-`import boto3` + a client (README, cold start). A pydantic model that holds one of these
-records (the idempotent response's payment) validates it as the dataclass it is.
+`import boto3` + a client (README, cold start).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 import msgspec.json
+import msgspec.structs
 
 __all__ = [
     "REFUNDABLE_STATUSES",
@@ -27,6 +26,7 @@ __all__ = [
     "Payment",
     "PaymentStatus",
     "Reconciliation",
+    "Record",
     "Refund",
     "RefundStatus",
     "RiskAssessment",
@@ -35,9 +35,15 @@ __all__ = [
     "dump_json",
     "load",
     "load_json",
+    "replace",
 ]
 
 RecordT = TypeVar("RecordT")
+
+
+def replace(record: RecordT, **changes: Any) -> RecordT:
+    """`record` with `changes` (a new record: records are frozen)."""
+    return msgspec.structs.replace(record, **changes)  # type: ignore[type-var]
 
 
 def load(kind: type[RecordT], data: object) -> RecordT:
@@ -60,6 +66,25 @@ def dump(record: object) -> dict[str, Any]:
 def dump_json(record: object) -> str:
     """`dump` as a JSON document."""
     return msgspec.json.encode(record).decode()
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of the records: frozen, keyword-only, and a repr that leaves out `_unshown`
+    (card tokens, contact details, request fingerprints never reach a log line).
+
+    msgspec Structs rather than dataclasses: defining one costs a tenth of a dataclass
+    (about 0.5 M instructions against 5 M), and each function's cold start defines all of
+    them."""
+
+    _unshown: ClassVar[frozenset[str]] = frozenset()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in self.__struct_fields__
+            if name not in self._unshown
+        )
+        return f"{type(self).__name__}({shown})"
 
 
 class PaymentStatus(StrEnum):
@@ -94,15 +119,13 @@ class RiskDecision(StrEnum):
     REJECT = "reject"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RiskAssessment:
+class RiskAssessment(Record, frozen=True, kw_only=True):
     decision: RiskDecision
     score: int  # 0..100 (logic.risk caps it)
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = msgspec.field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Failure:
+class Failure(Record, frozen=True, kw_only=True):
     """Why a step did not succeed: a stable code, and when a retry can succeed (seconds)."""
 
     code: str
@@ -110,18 +133,18 @@ class Failure:
     message: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CustomerInfo:
+class CustomerInfo(Record, frozen=True, kw_only=True):
     """A payment's customer as the gateway validated it (`models.Customer`)."""
 
+    _unshown = frozenset({"email", "ip"})
+
     id: str | None = None
-    email: str | None = field(default=None, repr=False)
-    ip: str | None = field(default=None, repr=False)
+    email: str | None = None
+    ip: str | None = None
     country: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Order:
+class Order(Record, frozen=True, kw_only=True):
     order_no: str
     payment_no: str
     merchant_id: str
@@ -143,8 +166,7 @@ class Order:
         }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reconciliation:
+class Reconciliation(Record, frozen=True, kw_only=True):
     """What the reconciler has learnt about an unresolved payment or refund so far."""
 
     attempts: int = 0
@@ -153,9 +175,10 @@ class Reconciliation:
     exhausted: bool = False  # retry budget spent: left for an operator, counted, alerted
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Payment:
+class Payment(Record, frozen=True, kw_only=True):
     """A stored payment. `refundable_amount` is the authority for refunds."""
+
+    _unshown = frozenset({"payment_method", "request_fingerprint"})
 
     payment_no: str
     merchant_id: str
@@ -165,7 +188,7 @@ class Payment:
     amount: int
     currency: str
     channel: str
-    payment_method: str = field(repr=False)
+    payment_method: str
     customer: CustomerInfo | None = None
     description: str | None = None
     metadata: dict[str, str] | None = None
@@ -180,7 +203,7 @@ class Payment:
     # The request's W3C traceparent: reconciliation spans link back to it.
     trace_parent: str | None = None
     # Hash of (merchant, Idempotency-Key, body): a re-run of the same request finds its payment.
-    request_fingerprint: str | None = field(default=None, repr=False)
+    request_fingerprint: str | None = None
     reconciliation: Reconciliation | None = None
     # A charge the provider made after the payment was settled failed (refunded or flagged).
     late_charge: dict[str, str] | None = None
@@ -208,8 +231,7 @@ class Payment:
         }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Refund:
+class Refund(Record, frozen=True, kw_only=True):
     refund_no: str
     payment_no: str
     amount: int

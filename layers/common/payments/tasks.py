@@ -11,13 +11,12 @@ contract.py` walks the ASL to prove every path ends in exactly one outcome).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
 
 import msgspec
 
 from payments.channel import CallOutcome, ChargeResult
-from payments.records import CustomerInfo, OrderStatus, RiskAssessment, RiskDecision
+from payments.records import CustomerInfo, OrderStatus, Record, RiskAssessment, RiskDecision
 
 __all__ = [
     "CHOICE_VARIABLES",
@@ -60,9 +59,10 @@ class WorkflowOutcome(StrEnum):
     CHARGE_UNKNOWN = "charge_unknown"  # the provider may have charged: reconcile
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TaskPayment:
+class TaskPayment(Record, frozen=True, kw_only=True):
     """What the tasks need of a payment; never its description or metadata."""
+
+    _unshown = frozenset({"payment_method"})
 
     payment_no: str
     merchant_id: str
@@ -70,22 +70,20 @@ class TaskPayment:
     amount: int
     currency: str
     channel: str
-    payment_method: str = field(repr=False)
+    payment_method: str
     customer: CustomerInfo | None = None
     created_at: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkflowInput:
+class WorkflowInput(Record, frozen=True, kw_only=True):
     payment: TaskPayment
-    trace_context: dict[str, str] = field(default_factory=dict)
+    trace_context: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TaskInput:
+class TaskInput(Record, frozen=True, kw_only=True):
     step: Step
     payment: TaskPayment
-    trace_context: dict[str, str] = field(default_factory=dict)
+    trace_context: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class OrderAction(StrEnum):
@@ -94,51 +92,42 @@ class OrderAction(StrEnum):
     CANCEL = "cancel"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OrderRef:
+class OrderRef(Record, frozen=True, kw_only=True):
     order_no: str
     status: OrderStatus
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OrderTaskInput(TaskInput):
+class OrderTaskInput(TaskInput, frozen=True, kw_only=True):
     action: OrderAction
     order: OrderRef | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChannelTaskInput(TaskInput):
+class ChannelTaskInput(TaskInput, frozen=True, kw_only=True):
     order: OrderRef
 
 
-class CaughtError(msgspec.Struct, frozen=True, rename={"error": "Error", "cause": "Cause"}):
-    """What a Catch writes to its ResultPath (Step Functions' own shape, hence a Struct:
-    msgspec renames Struct fields, not dataclass ones)."""
+class CaughtError(Record, frozen=True, kw_only=True, rename={"error": "Error", "cause": "Cause"}):
+    """What a Catch writes to its ResultPath (Step Functions' own shape)."""
+
+    _unshown = frozenset({"cause"})  # it may quote a provider's or a task's message
 
     error: str
     cause: str | None = None
 
-    def __repr__(self) -> str:  # the cause may quote a provider's or a task's message
-        return f"CaughtError(error={self.error!r})"
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Risk:
+class _Risk(Record, frozen=True, kw_only=True):
     result: RiskAssessment
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Order:
+class _Order(Record, frozen=True, kw_only=True):
     result: OrderRef
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Charge:
+class _Charge(Record, frozen=True, kw_only=True):
     result: ChargeResult
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkflowOutput:
+class WorkflowOutput(Record, frozen=True, kw_only=True):
     payment: TaskPayment
     outcome: WorkflowOutcome
     risk: _Risk | None = None

@@ -16,12 +16,11 @@ raise `LookupFailed` when they get no answer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 from payments.errors import PaymentError, UnsupportedChannel
-from payments.records import Failure
+from payments.records import Failure, Record
 
 __all__ = [
     "SUPPORTED",
@@ -52,16 +51,14 @@ class CallOutcome(StrEnum):
 FINAL_FAILURES = frozenset({CallOutcome.DECLINED, CallOutcome.UNAVAILABLE, CallOutcome.REJECTED})
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChargeResult:
+class ChargeResult(Record, frozen=True, kw_only=True):
     outcome: CallOutcome
     channel_reference: str | None = None
     decline_code: str | None = None
     failure: Failure | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RefundResult:
+class RefundResult(Record, frozen=True, kw_only=True):
     outcome: CallOutcome
     channel_reference: str | None = None
     decline_code: str | None = None
@@ -76,8 +73,7 @@ class IntentState(StrEnum):
     PENDING = "pending"  # still in progress at the provider
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProviderIntent:
+class ProviderIntent(Record, frozen=True, kw_only=True):
     id: str
     state: IntentState
     amount: int
@@ -86,8 +82,7 @@ class ProviderIntent:
     decline_code: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProviderRefund:
+class ProviderRefund(Record, frozen=True, kw_only=True):
     id: str
     state: IntentState
     amount: int

@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
-import requests
+import urllib3
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from payments.channel import (
     CallOutcome,
@@ -118,7 +120,7 @@ class StripeClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
-        self.timeout = (connect_timeout, read_timeout)
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self.max_retries = max_retries
         self.breaker = breaker or CircuitBreaker("stripe")
         self._sleep = sleep
@@ -129,8 +131,8 @@ class StripeClient:
         parts = urlsplit(self.base_url)
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._session: requests.Session | None = None
-        self._session_lock = threading.Lock()
+        self._pool: urllib3.PoolManager | None = None
+        self._pool_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show the key
         return f"StripeClient(base_url={self.base_url!r})"
@@ -147,13 +149,16 @@ class StripeClient:
         )
 
     @property
-    def session(self) -> requests.Session:
-        # Lazily, once: the pool (and its TLS connections) survives warm invocations.
-        if self._session is None:
-            with self._session_lock:
-                if self._session is None:
-                    self._session = requests.Session()
-        return self._session
+    def pool(self) -> urllib3.PoolManager:
+        # Lazily, once: the pool (and its TLS connections) survives warm invocations. urllib3
+        # rather than requests: botocore has loaded it already, while importing requests
+        # costs a cold start an eighth of `import boto3` (README, cold start). No retries or
+        # redirects of its own: every resend is decided here, with the same idempotency key.
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = urllib3.PoolManager(retries=False, timeout=self.timeout, maxsize=4)
+        return self._pool
 
     # ---- calls that move money -----------------------------------------------------------
 
@@ -372,7 +377,7 @@ class StripeClient:
             resp = self._send(span, call, url)
             return self._read(span, call, resp)
 
-    def _send(self, span: trace.Span, call: _Call, url: str) -> requests.Response:
+    def _send(self, span: trace.Span, call: _Call, url: str) -> urllib3.BaseHTTPResponse:
         headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Stripe-Version": self._api_version,
@@ -383,64 +388,66 @@ class StripeClient:
         propagate.inject(headers)  # traceparent of this client span
         try:
             if call.method == "GET":
-                return self.session.get(
-                    url, params=call.data, headers=headers, timeout=self.timeout
-                )
-            return self.session.post(url, data=call.data, headers=headers, timeout=self.timeout)
-        except requests.ConnectTimeout as exc:
+                return self.pool.request("GET", url, fields=call.data, headers=headers)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            return self.pool.request("POST", url, body=urlencode(call.data), headers=headers)
+        except NewConnectionError as exc:  # first: urllib3 2 derives it from ConnectTimeoutError
+            _fail(span, exc, "connection_refused")
+            raise _AttemptError("connection refused", maybe_executed=False) from exc
+        except ConnectTimeoutError as exc:
             _fail(span, exc, "connect_timeout")
             raise _AttemptError("connect timeout", maybe_executed=False) from exc
-        except requests.Timeout as exc:
+        except Urllib3TimeoutError as exc:  # the request was sent: it may have run
             _fail(span, exc, "timeout")
             raise _AttemptError("timeout", maybe_executed=True) from exc
-        except requests.RequestException as exc:
+        except (HTTPError, OSError) as exc:
             never = _never_connected(exc)
             _fail(span, exc, "connection_refused" if never else type(exc).__name__)
             reason = "connection refused" if never else "connection lost"
             raise _AttemptError(reason, maybe_executed=not never) from exc
 
-    def _read(self, span: trace.Span, call: _Call, resp: requests.Response) -> _Reply:
-        span.set_attribute("http.response.status_code", resp.status_code)
+    def _read(self, span: trace.Span, call: _Call, resp: urllib3.BaseHTTPResponse) -> _Reply:
+        span.set_attribute("http.response.status_code", resp.status)
         request_id = resp.headers.get("Request-Id")
         if request_id:
             span.set_attribute("stripe.request_id", request_id)
-        if resp.status_code in _RETRYABLE_STATUS:
-            span.set_attribute("error.type", str(resp.status_code))
-            span.set_status(Status(StatusCode.ERROR, f"HTTP {resp.status_code}"))
+        if resp.status in _RETRYABLE_STATUS:
+            span.set_attribute("error.type", str(resp.status))
+            span.set_status(Status(StatusCode.ERROR, f"HTTP {resp.status}"))
             should_retry = resp.headers.get("Stripe-Should-Retry")
             raise _AttemptError(
-                f"HTTP {resp.status_code}",
+                f"HTTP {resp.status}",
                 # Stripe executes nothing for a 429; a 5xx or a key held by another request
                 # may mean the operation ran (or is running).
-                maybe_executed=resp.status_code != 429,
+                maybe_executed=resp.status != 429,
                 retry_after=_retry_after(resp),
                 retry=should_retry != "false",
             )
-        reply = _Reply(resp.status_code, _json(resp))
+        reply = _Reply(resp.status, _json(resp))
         decline_of = call.decline_of
-        decline = decline_of(reply) if decline_of and resp.status_code in (200, 400, 402) else None
+        decline = decline_of(reply) if decline_of and resp.status in (200, 400, 402) else None
         if decline is not None:
             span.set_attribute("payment.decline_code", decline)
-            if resp.status_code >= 400:
+            if resp.status >= 400:
                 # HTTP semantic conventions: a CLIENT span with a 4xx answer is an error.
-                span.set_attribute("error.type", str(resp.status_code))
+                span.set_attribute("error.type", str(resp.status))
                 span.set_status(Status(StatusCode.ERROR, f"declined: {decline}"))
             return reply
-        if resp.status_code == 200:
+        if resp.status == 200:
             return reply
         err = reply.body.get("error") or {}
-        span.set_attribute("error.type", str(resp.status_code))
-        span.set_status(Status(StatusCode.ERROR, f"HTTP {resp.status_code}"))
-        if resp.status_code != 404:
+        span.set_attribute("error.type", str(resp.status))
+        span.set_status(Status(StatusCode.ERROR, f"HTTP {resp.status}"))
+        if resp.status != 404:
             log.error(
                 "stripe rejected the request",
                 extra={
                     "path": call.route,
-                    "status": resp.status_code,
+                    "status": resp.status,
                     "stripe_error": err.get("type"),
                 },
             )
-        raise ChannelError(details=[{"provider_status": resp.status_code, "type": err.get("type")}])
+        raise ChannelError(details=[{"provider_status": resp.status, "type": err.get("type")}])
 
 
 def _admit(breaker: CircuitBreaker, make: Callable[[ChannelUnavailable], Exception]) -> None:
@@ -465,8 +472,6 @@ def _rejected(exc: ChannelError) -> Failure:
 
 def _never_connected(exc: BaseException) -> bool:
     """True when the connection was never established (so nothing was sent)."""
-    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -491,7 +496,7 @@ def _fail(span: trace.Span, exc: BaseException, error_type: str) -> None:
     span.set_status(Status(StatusCode.ERROR, error_type))
 
 
-def _retry_after(resp: requests.Response) -> float | None:
+def _retry_after(resp: urllib3.BaseHTTPResponse) -> float | None:
     try:
         value = float(resp.headers.get("Retry-After", ""))
     except ValueError:
@@ -499,7 +504,7 @@ def _retry_after(resp: requests.Response) -> float | None:
     return value if value > 0 else None
 
 
-def _json(resp: requests.Response) -> dict[str, Any]:
+def _json(resp: urllib3.BaseHTTPResponse) -> dict[str, Any]:
     try:
         body = resp.json()
     except (ValueError, json.JSONDecodeError) as exc:

@@ -8,7 +8,6 @@ answered 202, for reconciliation (SPEC §4).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any
 
 from payments.auth import Merchant
@@ -27,7 +26,7 @@ from payments.logic import new_id, utc_now
 from payments.logic.settlement import settle_charged, settle_not_charged, settle_without_order
 from payments.models import CreatePaymentRequest, Payment, PaymentStatus
 from payments.observability.logging import logger
-from payments.records import CustomerInfo, dump, load
+from payments.records import CustomerInfo, Record, dump, load
 from payments.store.orders import OrderStore
 from payments.store.payments import AlreadySettled, PaymentStore
 from payments.store.workflow import PaymentWorkflow, WorkflowFailed, WorkflowNotStarted
@@ -39,8 +38,7 @@ _ERRORS: dict[str, type[PaymentError]] = {
 }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PaymentOutcome:
+class PaymentOutcome(Record, frozen=True, kw_only=True):
     """What a create-payment call produced; stored as the idempotent response."""
 
     payment: Payment

@@ -9,9 +9,7 @@ same idempotency key, which can never refund twice.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from payments.channel import CallOutcome, ChannelClient, ChannelError, RefundResult
@@ -23,8 +21,10 @@ from payments.records import (
     REFUNDABLE_STATUSES,
     Payment,
     PaymentStatus,
+    Record,
     Refund,
     RefundStatus,
+    replace,
 )
 from payments.store.orders import OrderStore
 from payments.store.payments import AlreadyFinal, PaymentStore, RefundExists
@@ -33,8 +33,7 @@ if TYPE_CHECKING:  # the reconciler settles refunds without loading the request 
     from payments.models import RefundRequest
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RefundOutcome:
+class RefundOutcome(Record, frozen=True, kw_only=True):
     refund: Refund
     payment: Payment
 
@@ -120,7 +119,7 @@ def apply_result(
         raise ChannelUnavailable(retry_after=retry_after)
     if result.outcome is CallOutcome.REJECTED:
         raise ChannelError()
-    return _answer(failed or dataclasses.replace(refund, status=RefundStatus.FAILED), None)
+    return _answer(failed or replace(refund, status=RefundStatus.FAILED), None)
 
 
 def complete(
