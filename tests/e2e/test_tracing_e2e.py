@@ -295,7 +295,9 @@ def test_successful_payment_exports_the_spec_tree_in_one_trace(traced: Traced) -
     assert [s["name"] for s in steps] == ["RiskCheck", "CreateOrder", "ChannelPayment"]
 
     # The JSON-lines exporter wrote the same trace; payctl trace renders it.
-    tree = _render_when_flushed(traced.jsonl, trace_id, STRIPE_CHARGE)
+    tree = _render_when_flushed(
+        traced.jsonl, trace_id, PAY_ROUTE, "RiskCheck", "risk-service", STRIPE_CHARGE
+    )
     # (The root's service is the resource of this process's first setup: any earlier test.)
     assert f": {PAY_ROUTE}  " in tree.splitlines()[1]
     assert "risk-service: RiskCheck" in tree
@@ -304,13 +306,15 @@ def test_successful_payment_exports_the_spec_tree_in_one_trace(traced: Traced) -
     assert "risk.decision=approve" in tree
 
 
-def _render_when_flushed(path: Path, trace_id: str, name: str) -> str:
+def _render_when_flushed(path: Path, trace_id: str, *names: str) -> str:
+    """The tree once every span named is in the file (each process exports on its own)."""
     deadline = time.monotonic() + 10
     while True:
         spans = load_spans(path) if path.exists() else []
-        if any(s["trace_id"] == trace_id and s["name"] == name for s in spans):
+        found = {s["name"] for s in spans if s["trace_id"] == trace_id}
+        if found.issuperset(names):
             return render_tree(spans, trace_id)
-        assert time.monotonic() < deadline, f"{name} of {trace_id} not in {path}"
+        assert time.monotonic() < deadline, f"{set(names) - found} of {trace_id} not in {path}"
         time.sleep(0.05)
 
 
