@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from payments.records import invalid_field
+
 _ENV_PREFIXLESS = {
     "payments_table": "PAYMENTS_TABLE",
     "idempotency_table": "IDEMPOTENCY_TABLE",
@@ -134,8 +136,7 @@ def _convert(values: Mapping[str, object], names: Mapping[str, str]) -> Settings
     try:
         return msgspec.convert(_prepare(values), Settings, strict=False)
     except msgspec.ValidationError as exc:
-        message, _, path = str(exc).partition(" - at `$.")
-        key = path.rstrip("`").partition(".")[0].partition("[")[0]
+        key, message = invalid_field(exc)
         if key not in values:  # not one field's value (never from the environment)
             raise ValueError(f"invalid settings: {exc}") from None
         shown = "<hidden>" if key in _SECRETS else repr(values[key])

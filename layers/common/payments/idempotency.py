@@ -113,7 +113,8 @@ def once(
             # Lets an in-progress record expire with the invocation, not only with the TTL.
             config.register_lambda_context(lambda_context)
         result = run(call=call)
-        return result if isinstance(result, model) else load(model, result), _replayed.get()
+        # The outcome itself, or on a replay the serializer's `load` of the stored one.
+        return cast(T, result), _replayed.get()
     except IdempotencyValidationError:
         raise IdempotencyKeyReused() from None
     except IdempotencyAlreadyInProgressError:

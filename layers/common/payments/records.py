@@ -33,6 +33,7 @@ __all__ = [
     "RiskDecision",
     "dump",
     "dump_json",
+    "invalid_field",
     "load",
     "load_json",
     "replace",
@@ -55,6 +56,14 @@ def load(kind: type[RecordT], data: object) -> RecordT:
 def load_json(kind: type[RecordT], text: str | bytes) -> RecordT:
     """`load` of a JSON document."""
     return msgspec.json.decode(text, type=kind)
+
+
+def invalid_field(error: msgspec.ValidationError) -> tuple[str, str]:
+    """(top-level field, message) of a conversion error: "Expected `int` >= 1 - at
+    `$.retries[0]`" -> ("retries", "Expected `int` >= 1"); the field is "" when the error
+    is not about one field."""
+    message, _, path = str(error).partition(" - at `$.")
+    return path.rstrip("`").partition(".")[0].partition("[")[0], message
 
 
 def dump(record: object) -> dict[str, Any]:

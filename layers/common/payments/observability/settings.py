@@ -17,6 +17,8 @@ from typing import Annotated, Literal, get_args
 
 import msgspec
 
+from payments.records import invalid_field
+
 # --- tracing: sampler ----------------------------------------------------------------------
 OTEL_TRACES_SAMPLER = "OTEL_TRACES_SAMPLER"
 OTEL_TRACES_SAMPLER_ARG = "OTEL_TRACES_SAMPLER_ARG"
@@ -125,8 +127,8 @@ class ObservabilitySettings:
             # Strict: `_collect` has already parsed every number (a string is never one).
             return msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:
-            message, _, path = str(exc).partition(" - at `$.")
-            key = path.rstrip("`").partition(".")[0].partition("[")[0] or "?"
+            key, message = invalid_field(exc)
+            key = key or "?"
             name = names.get(key, key)
             raise SettingsError(f"{name}={env.get(name, '')!r} is invalid: {message}") from None
 
